@@ -1,0 +1,248 @@
+"""The plugin host: a pluggy ``PluginManager("mmassist")`` and the registries its plugins fill.
+
+Creating a :class:`Host` loads the built-in plugins and every distribution that declares an entry
+point in the group ``mmassist``, each inside its own ``try``: a plugin that fails to import,
+validate or register is recorded in ``host.failed_plugins`` and the host carries on.
+
+Environment switches (read when a Host is created):
+
+- ``MMASSIST_NO_PLUGINS=1``: load no third-party plugins, only the built-ins.
+- ``MMASSIST_LOAD_PLUGINS=a,b``: load only the third-party plugins whose entry-point name or
+  distribution name is listed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Iterator, Sequence, TypeVar
+
+import pluggy
+
+from core import hookspecs
+from core.encoders import EncoderSpec
+from core.errors import MMAssistError, PluginError, UnknownNameError, UnsupportedInputError
+from core.hookspecs import hookimpl
+from core.media import Media, mime_matches
+
+ENTRYPOINT_GROUP = "mmassist"
+BUILTIN_PLUGINS = ("plugins.text", "plugins.image", "plugins.video")
+ENV_NO_PLUGINS = "MMASSIST_NO_PLUGINS"
+ENV_LOAD_PLUGINS = "MMASSIST_LOAD_PLUGINS"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FailedPlugin:
+    """A plugin the host could not use: where it came from, at which stage it failed and why."""
+
+    name: str
+    distribution: str
+    version: str
+    stage: str  # "import", "validate" or "register"
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.distribution} {self.version}) failed at {self.stage}: {self.error}"
+
+
+class Registry(Generic[T]):
+    """Items by exact name. Duplicates and unknown names are errors that say what exists."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._owners: dict[str, str] = {}
+
+    def add(self, name: str, item: T, owner: str) -> None:
+        if name in self._items:
+            raise PluginError(
+                f"{self.kind} {name!r} is registered by both {self._owners[name]!r} and {owner!r}; "
+                f"uninstall one of them or disable it with {ENV_LOAD_PLUGINS}"
+            )
+        self._items[name] = item
+        self._owners[name] = owner
+
+    def remove(self, name: str) -> None:
+        self._items.pop(name, None)
+        self._owners.pop(name, None)
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            available = ", ".join(self.names()) or "none"
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {available}") from None
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class _DefaultRouter:
+    """Runs last: routes an input to the first candidate that accepts its MIME type."""
+
+    @hookimpl(trylast=True)
+    def route_input(self, media: Media, candidates: list[EncoderSpec]) -> str | None:
+        for spec in candidates:
+            if mime_matches(media.mime_type, spec.mime_types):
+                return spec.name
+        return None
+
+
+class Host:
+    """Loads plugins and holds what they register.
+
+    :param load_entrypoints: load third-party plugins from the ``mmassist`` entry-point group;
+        default: yes, unless ``MMASSIST_NO_PLUGINS=1``.
+    :param plugins: extra plugin objects (modules or instances with hook implementations) to
+        register after the others, as if they had been found through entry points.
+    """
+
+    def __init__(self, *, load_entrypoints: bool | None = None, plugins: Sequence[Any] = ()):
+        self.pm = pluggy.PluginManager(ENTRYPOINT_GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.failed_plugins: list[FailedPlugin] = []
+        self.encoders: Registry[EncoderSpec] = Registry("encoder")
+        self._origin: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
+
+        self.pm.register(_DefaultRouter(), name="mmassist-default-router")
+        own = _own_version()
+        for module_name in BUILTIN_PLUGINS:
+            self._add(module_name, ("mmassist", own), lambda m=module_name: importlib.import_module(m))
+        if load_entrypoints is None:
+            load_entrypoints = os.environ.get(ENV_NO_PLUGINS, "").strip() not in ("1", "true", "yes")
+        if load_entrypoints:
+            self._load_entrypoints()
+        for obj in plugins:
+            name = getattr(obj, "__name__", None) or type(obj).__name__
+            self._add(name, ("(passed to Host)", ""), lambda o=obj: o)
+        self._register_all()
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _load_entrypoints(self) -> None:
+        only = {s.strip() for s in os.environ.get(ENV_LOAD_PLUGINS, "").split(",") if s.strip()}
+        for ep in importlib.metadata.entry_points(group=ENTRYPOINT_GROUP):
+            dist = ep.dist.name if ep.dist else "?"
+            version = ep.dist.version if ep.dist else "?"
+            if only and ep.name not in only and dist not in only:
+                continue
+            self._add(ep.name, (dist, version), ep.load)
+
+    def _add(self, name: str, origin: tuple[str, str], load: Any) -> None:
+        """Import (``load()``) and register one plugin; record any failure instead of raising."""
+        if self.pm.has_plugin(name) or name in self._origin:
+            self._fail(name, origin, "register", f"a plugin named {name!r} is already loaded")
+            return
+        try:
+            obj = load()
+        except Exception as e:  # a plugin's import error must never take the host down
+            self._fail(name, origin, "import", f"{type(e).__name__}: {e}")
+            return
+        try:
+            self.pm.register(obj, name=name)
+            self.pm.check_pending()  # a misspelled hook name is caught here, not silently ignored
+        except Exception as e:
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
+            self._fail(name, origin, "validate", f"{type(e).__name__}: {e}")
+            return
+        self._origin[name] = origin
+
+    def _register_all(self) -> None:
+        for impl in self.pm.hook.register_encoders.get_hookimpls():
+            name = impl.plugin_name
+            dist, version = self._origin[name]
+            specs: list[EncoderSpec] = []
+
+            def register(spec: EncoderSpec, _specs=specs) -> None:
+                if not isinstance(spec, EncoderSpec):
+                    raise PluginError(f"register() takes an EncoderSpec, got {type(spec).__name__}")
+                _specs.append(spec)
+
+            added: list[str] = []
+            try:
+                impl.function(register=register)
+                for spec in specs:
+                    spec = replace(spec, plugin=name, distribution=dist, version=version)
+                    self.encoders.add(spec.name, spec, owner=f"{name} ({dist})")
+                    added.append(spec.name)
+            except Exception as e:
+                for spec_name in added:
+                    self.encoders.remove(spec_name)
+                self.pm.unregister(name=name)
+                self._fail(name, (dist, version), "register", f"{type(e).__name__}: {e}")
+
+    def _fail(self, name: str, origin: tuple[str, str], stage: str, error: str) -> None:
+        self.failed_plugins.append(FailedPlugin(name, origin[0], origin[1], stage, error))
+
+    # -- use ---------------------------------------------------------------------------------
+
+    def route(self, item: Any, candidates: Sequence[str] | None = None) -> tuple[EncoderSpec, Media]:
+        """The encoder spec that takes ``item`` (a path, bytes, PIL image or text) and the wrapped input.
+
+        :param candidates: encoder names to choose from (default: every registered encoder).
+        :raises UnsupportedInputError: when no candidate accepts the input, listing what is accepted.
+        """
+        media = Media.of(item)
+        specs = [self.encoders.get(n) for n in candidates] if candidates is not None else list(self.encoders)
+        try:
+            name = self.pm.hook.route_input(media=media, candidates=specs)
+        except MMAssistError:
+            raise
+        except Exception as e:
+            raise PluginError(f"a plugin's route_input failed on {media.name}: {type(e).__name__}: {e}") from e
+        if name is None:
+            accepted = "; ".join(f"{s.name}: {', '.join(s.mime_types)}" for s in specs) or "nothing"
+            raise UnsupportedInputError(
+                f"no loaded plugin accepts {media.name} (detected type {media.mime_type}); "
+                f"accepted here: {accepted}. Install a plugin for this type (pip install mmassist-<thing>)"
+            )
+        if name not in {s.name for s in specs}:
+            raise PluginError(f"route_input returned {name!r}, which is not one of the candidates")
+        return self.encoders.get(name), media
+
+    def accepted_mime_types(self, modality: str | None = None) -> list[str]:
+        """Every MIME type (pattern) some loaded encoder accepts, optionally for one modality."""
+        out: list[str] = []
+        for spec in self.encoders:
+            if modality is None or spec.modality == modality:
+                out.extend(m for m in spec.mime_types if m not in out)
+        return out
+
+    def describe(self) -> list[dict[str, str]]:
+        """One row per encoder, for ``mmassist plugins`` and the UI's Plugins tab."""
+        return [
+            {
+                "name": s.name,
+                "modality": s.modality,
+                "mime_types": ", ".join(s.mime_types),
+                "config": f"{s.config_cls.__module__}.{s.config_cls.__qualname__}",
+                "distribution": s.distribution,
+                "version": s.version,
+                "plugin": s.plugin,
+                "description": s.description,
+            }
+            for s in self.encoders
+        ]
+
+
+def _own_version() -> str:
+    try:
+        return importlib.metadata.version("mmassist")
+    except importlib.metadata.PackageNotFoundError:
+        from core import __version__
+
+        return __version__

@@ -1,0 +1,1 @@
+"""How modality features become decoder inputs: projectors, embeddings, joint layers, splicing."""

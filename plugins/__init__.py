@@ -1,0 +1,1 @@
+"""The built-in modality plugins. Each registers through the same hooks a third-party plugin uses."""
