@@ -3,6 +3,16 @@
 Importing ``core`` loads no plugin and no model: that happens when a :class:`Host` is created.
 """
 
+from core.assistant import Assistant
+from core.config import (
+    DataConfig,
+    DecoderConfig,
+    EncoderConfig,
+    FusionConfig,
+    GenerationConfig,
+    TaskConfig,
+    TrainingConfig,
+)
 from core.encoders import Encoder, EncoderOutput, EncoderSpec
 from core.errors import (
     ConfigError,
@@ -21,6 +31,14 @@ from core.media import Media
 __version__ = "0.1.0"
 
 __all__ = [
+    "Assistant",
+    "DataConfig",
+    "DecoderConfig",
+    "EncoderConfig",
+    "FusionConfig",
+    "GenerationConfig",
+    "TaskConfig",
+    "TrainingConfig",
     "ConfigError",
     "DataFormatError",
     "Encoder",

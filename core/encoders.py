@@ -45,6 +45,11 @@ class Encoder(nn.Module):
 
     config: Any
     output_dim: int
+    # True when outputs carry a time_index (video): the fusion module then adds temporal embeddings.
+    temporal: bool = False
+    # Where frozen weights can be reloaded from (a local folder or weights file), or None when
+    # the weights exist only in memory (random init or trained): checkpoints then copy them.
+    pretrained_source: str | None = None
 
     def preprocess(self, items: Sequence[Media]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -86,34 +86,52 @@ def load_image(media: Media, max_pixels: int = 50_000_000):
 
 
 def create_timm_model(cfg: TimmImageConfig):
-    """Create the timm backbone, with weights only from local sources."""
+    """(the timm backbone, the local weights file it was loaded from or None), never using the network."""
     import timm
 
     kwargs = dict(cfg.model_kwargs)
     if cfg.image_size is not None and _takes_img_size(cfg.model_name):
         kwargs.setdefault("img_size", cfg.image_size)
+    weights = cfg.checkpoint_path or (local_pretrained_weights(cfg.model_name) if cfg.pretrained else None)
     if cfg.checkpoint_path is not None:
         path = Path(cfg.checkpoint_path)
         if not path.is_file():
             raise ConfigError(f"image.checkpoint_path={cfg.checkpoint_path!r} does not exist")
         if path.suffix != ".safetensors":
             raise ConfigError("image.checkpoint_path must be a .safetensors file (pickle files are not loaded)")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    elif cfg.pretrained and weights is None:
+        raise PluginError(
+            f"pretrained weights for timm model {cfg.model_name!r} are not on this machine. Download them "
+            "where there is network (timm.create_model(name, pretrained=True) fills the Hugging Face cache) "
+            "and copy the cache here, or save them as .safetensors and set image.checkpoint_path; "
+            "or set pretrained: false to train from scratch"
+        )
+    if weights is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}  # never let timm go to the network
     try:
-        return timm.create_model(cfg.model_name, pretrained=cfg.pretrained or cfg.checkpoint_path is not None,
-                                 num_classes=0, **kwargs)
+        model = timm.create_model(cfg.model_name, pretrained=weights is not None, num_classes=0, **kwargs)
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise ConfigError(f"image.model_name={cfg.model_name!r} is not a timm model; "
                               f"see timm.list_models() for the names") from None
         raise
-    except OSError as e:  # no local copy of the weights and no network
-        raise PluginError(
-            f"pretrained weights for timm model {cfg.model_name!r} are not on this machine ({e}). "
-            "Download them where there is network (timm.create_model(name, pretrained=True) fills the "
-            "Hugging Face cache) and copy the cache here, or save them with safetensors and set "
-            "image.checkpoint_path; or use pretrained: false to train from scratch"
-        ) from None
+    return model, (str(weights) if weights is not None else None)
+
+
+def local_pretrained_weights(model_name: str) -> str | None:
+    """The cached .safetensors weights of a timm model, found without any network access, or None."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    pretrained_cfg = get_pretrained_cfg(model_name)
+    if pretrained_cfg is None or not pretrained_cfg.hf_hub_id:
+        return None
+    hub_id = pretrained_cfg.hf_hub_id
+    for filename in ("model.safetensors", "open_clip_model.safetensors"):
+        found = try_to_load_from_cache(hub_id, filename)
+        if isinstance(found, str):
+            return found
+    return None
 
 
 def _takes_img_size(model_name: str) -> bool:
@@ -141,7 +159,7 @@ class TimmImageEncoder(Encoder):
         import timm.data
 
         self.config = config
-        self.backbone = create_timm_model(config)
+        self.backbone, self.pretrained_source = create_timm_model(config)
         self.output_dim = int(self.backbone.num_features)
         data_cfg = timm.data.resolve_model_data_config(self.backbone)
         if config.image_size is not None:

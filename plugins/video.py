@@ -1,0 +1,481 @@
+"""Built-in plugin ``video/decord``: videos decoded with decord, frames through a timm image backbone.
+
+A video becomes a few sampled frames (uniform over the clip, or a fixed number per second), each
+frame a few tokens (its backbone feature map pooled to ``tokens_per_frame``), so one input gives
+(F * tokens_per_frame, D) features with a ``time_index`` telling which frame each token came from;
+the fusion module adds the temporal embedding from it.
+
+Decoding notes (decord2 3.4):
+
+- Frames are decoded at their native size and resized here: decord's own ``width=``/``height=``
+  resize is not trusted.
+- Inputs given as bytes are written to a temporary file: decord's in-memory reader
+  (``VideoReader(io.BytesIO(...))``) crashes the process (SIGSEGV) on some corrupt AVI/MOV bytes,
+  where its file reader raises an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import torch
+
+from core.configs import check_choice, check_range, help_field
+from core.encoders import Encoder, EncoderOutput, EncoderSpec, pad_sequences
+from core.errors import ConfigError, UndecodableInputError
+from core.hookspecs import hookimpl
+from core.media import Media
+from plugins.image import TimmImageConfig, TimmImageEncoder
+
+VIDEO_MIME_TYPES = ("video/mp4", "video/x-matroska", "video/webm", "video/quicktime", "video/x-msvideo")
+SAMPLING_MODES = ("uniform", "fps")
+_SUFFIXES = {"video/mp4": ".mp4", "video/x-matroska": ".mkv", "video/webm": ".webm",
+             "video/quicktime": ".mov", "video/x-msvideo": ".avi"}
+_FORMATS_HELP = "give a valid MP4, MKV, WebM, MOV or AVI video"
+# Decoded native frames are resized in chunks of at most this many bytes (as float32).
+_DECODE_BUDGET_BYTES = 64 * 2**20
+_MAX_CHUNK_FRAMES = 16
+
+
+@dataclass
+class DecordVideoConfig:
+    """How videos are sampled, decoded and encoded."""
+
+    backbone: TimmImageConfig = help_field(default_factory=TimmImageConfig,
+                                           help="the timm image backbone every frame goes through")
+    sampling: str = help_field("uniform", choices=SAMPLING_MODES,
+                               help="'uniform': num_frames frames spread over the clip; "
+                                    "'fps': fps frames per second of video, at most max_frames")
+    num_frames: int = help_field(8, help="uniform sampling: how many frames (fewer for shorter videos)")
+    fps: float = help_field(1.0, help="fps sampling: frames per second of video")
+    max_frames: int = help_field(32, help="at most this many frames per video; longer fps samplings "
+                                          "fall back to max_frames uniform frames")
+    image_size: int | None = help_field(None, help="frames are resized (short side) and centre-cropped "
+                                                   "to this size; default: backbone.image_size, else "
+                                                   "the backbone's own input size")
+    tokens_per_frame: int = help_field(1, help="each frame's feature map is average-pooled to k x k "
+                                               "tokens; a square number (1 = one vector per frame)")
+    num_threads: int = help_field(0, help="decoding threads per video for decord; 0 = automatic")
+    max_duration_s: float = help_field(4 * 3600.0, help="refuse longer videos (seconds)")
+    max_video_frames: int = help_field(1_000_000, help="refuse videos with more frames")
+    max_pixels_per_frame: int = help_field(4096 * 2160, help="refuse videos with larger frames "
+                                                             "(width x height)")
+
+    def __post_init__(self):
+        check_choice("video.sampling", self.sampling, SAMPLING_MODES)
+        check_range("video.max_frames", self.max_frames, 1, 1024)
+        check_range("video.num_frames", self.num_frames, 1, 1024)
+        if self.num_frames > self.max_frames:
+            raise ConfigError(f"video.num_frames={self.num_frames} must be <= video.max_frames={self.max_frames}")
+        check_range("video.fps", self.fps, 0, 1000, lo_open=True)
+        if self.image_size is not None:
+            check_range("video.image_size", self.image_size, 16, 4096)
+            if self.backbone.image_size is not None and self.backbone.image_size != self.image_size:
+                raise ConfigError(
+                    f"video.image_size={self.image_size} and video.backbone.image_size="
+                    f"{self.backbone.image_size} disagree; set only one of them"
+                )
+        check_range("video.tokens_per_frame", self.tokens_per_frame, 1, 1024)
+        side = math.isqrt(self.tokens_per_frame)
+        if side * side != self.tokens_per_frame:
+            raise ConfigError(
+                f"video.tokens_per_frame={self.tokens_per_frame} must be a square number (1, 4, 9, 16...): "
+                "each frame's feature map is pooled to k x k tokens"
+            )
+        if self.backbone.pool_tokens is not None and self.backbone.pool_tokens != side:
+            raise ConfigError(
+                f"video.backbone.pool_tokens={self.backbone.pool_tokens} conflicts with "
+                f"video.tokens_per_frame={self.tokens_per_frame}; leave backbone.pool_tokens unset "
+                "and set tokens_per_frame"
+            )
+        check_range("video.num_threads", self.num_threads, 0, 256)
+        check_range("video.max_duration_s", self.max_duration_s, 0, lo_open=True)
+        check_range("video.max_video_frames", self.max_video_frames, 1)
+        check_range("video.max_pixels_per_frame", self.max_pixels_per_frame, 1)
+
+
+# -- frame sampling -----------------------------------------------------------------------------
+
+
+class FrameSampling(NamedTuple):
+    """Which frames of a video are used: their indices and their nominal times in seconds."""
+
+    indices: list[int]
+    timestamps: list[float]
+
+
+def sample_indices(num_video_frames: int, video_fps: float, sampling: str = "uniform", num_frames: int = 8,
+                   fps: float = 1.0, max_frames: int = 32) -> FrameSampling:
+    """The frames to decode from a video of ``num_video_frames`` frames at ``video_fps``.
+
+    ``uniform``: the centre frame of each of ``min(num_frames, max_frames)`` equal segments (the
+    TSN / LLaVA-Video test-time convention); a video with fewer frames gives each frame once.
+    ``fps``: frame 0 and then one frame every ``video_fps / fps`` frames (every frame when ``fps``
+    is at least ``video_fps``); when that is more than ``max_frames`` frames, ``max_frames``
+    uniform frames over the whole clip instead. Indices are strictly increasing and in range;
+    timestamps are ``index / video_fps``.
+    """
+    if num_video_frames < 1:
+        raise ValueError(f"num_video_frames={num_video_frames} must be >= 1")
+    if not (math.isfinite(video_fps) and video_fps > 0):
+        raise ValueError(f"video_fps={video_fps} must be a positive number")
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling={sampling!r} must be one of {SAMPLING_MODES}")
+    if num_frames < 1 or max_frames < 1 or not fps > 0:
+        raise ValueError("num_frames, max_frames and fps must be positive")
+    n = num_video_frames
+    if sampling == "fps":
+        step = max(1.0, video_fps / fps)
+        count = math.ceil(n / step - 1e-9)
+        if count <= max_frames:
+            indices = sorted({min(n - 1, math.floor(j * step + 1e-9)) for j in range(count)})
+            return FrameSampling(indices, [i / video_fps for i in indices])
+        num_frames = max_frames
+    k = min(num_frames, max_frames)
+    if n <= k:
+        indices = list(range(n))
+    else:
+        indices = [((2 * i + 1) * n) // (2 * k) for i in range(k)]  # centre of segment i, exactly
+    return FrameSampling(indices, [i / video_fps for i in indices])
+
+
+# -- decoding -----------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoClip:
+    """Frames sampled from one video. ``frames``: (F, 3, H, W) float in [0, 1]."""
+
+    frames: torch.Tensor
+    indices: list[int]
+    timestamps: list[float]
+    video_fps: float
+    num_video_frames: int
+    width: int
+    height: int
+
+
+def load_video(media: Media, config: DecordVideoConfig, frame_size: tuple[int, int] | None = None,
+               crop_pct: float = 1.0, interpolation: str = "bilinear") -> VideoClip:
+    """Decode the frames ``config`` samples from a video input, with clear errors for bad files.
+
+    ``frame_size`` (H, W): resize and centre-crop the frames as timm's eval transform does
+    (see :func:`resize_frames`); None keeps the native size.
+    """
+    import decord
+
+    with _local_file(media) as path:
+        try:
+            reader = decord.VideoReader(path, num_threads=config.num_threads)
+            num_video_frames = len(reader)
+            video_fps = float(reader.get_avg_fps())
+        except Exception as e:  # decord raises DECORDError, RuntimeError, AssertionError...
+            raise UndecodableInputError(
+                f"cannot open {media.name} as a video ({_reason(e, path, media)}); {_FORMATS_HELP}"
+            ) from None
+        try:
+            _check_video(media, config, num_video_frames, video_fps)
+            sampling = sample_indices(num_video_frames, video_fps, config.sampling, config.num_frames,
+                                      config.fps, config.max_frames)
+            first = _get_batch(reader, sampling.indices[:1], media)  # (1, H, W, 3) uint8
+            height, width = first.shape[1:3]
+            if width * height > config.max_pixels_per_frame:
+                raise UndecodableInputError(
+                    f"{media.name} has {width}x{height} frames, over the limit of {config.max_pixels_per_frame} "
+                    "pixels; downscale it first (ffmpeg -i in.mp4 -vf scale=-2:720 out.mp4) or raise "
+                    "video.max_pixels_per_frame"
+                )
+            chunk = max(1, min(_MAX_CHUNK_FRAMES, _DECODE_BUDGET_BYTES // (width * height * 3 * 4)))
+            frames = [_resize(first, frame_size, crop_pct, interpolation)]
+            rest = sampling.indices[1:]
+            for start in range(0, len(rest), chunk):
+                batch = _get_batch(reader, rest[start:start + chunk], media)
+                frames.append(_resize(batch, frame_size, crop_pct, interpolation))
+        finally:
+            del reader
+    return VideoClip(torch.cat(frames), sampling.indices, sampling.timestamps, video_fps, num_video_frames,
+                     int(width), int(height))
+
+
+def _check_video(media: Media, config: DecordVideoConfig, num_video_frames: int, video_fps: float) -> None:
+    if num_video_frames < 1:
+        raise UndecodableInputError(f"{media.name} has no video frames; {_FORMATS_HELP}")
+    if not (math.isfinite(video_fps) and 0 < video_fps <= 10_000):
+        raise UndecodableInputError(
+            f"{media.name} reports an invalid frame rate ({video_fps}); re-encode it with a fixed "
+            "frame rate (ffmpeg -i in.mp4 -r 30 out.mp4)"
+        )
+    if num_video_frames > config.max_video_frames:
+        raise UndecodableInputError(
+            f"{media.name} has {num_video_frames} frames, over the limit of {config.max_video_frames}; "
+            "cut it into shorter clips or raise video.max_video_frames"
+        )
+    duration = num_video_frames / video_fps
+    if duration > config.max_duration_s:
+        raise UndecodableInputError(
+            f"{media.name} lasts {duration:.0f} s, over the limit of {config.max_duration_s:.0f} s; "
+            "cut it into shorter clips or raise video.max_duration_s"
+        )
+
+
+def _get_batch(reader: Any, indices: list[int], media: Media) -> torch.Tensor:
+    """Decode frames ``indices`` -> (N, H, W, 3) uint8, any decord failure as UndecodableInputError."""
+    try:
+        array = reader.get_batch(indices).asnumpy()
+    except Exception as e:
+        raise UndecodableInputError(
+            f"cannot decode frames {indices[0]}..{indices[-1]} of {media.name} ({_reason(e, '', media)}); the file may "
+            f"be truncated or corrupt: re-encode it (ffmpeg -i in.mp4 out.mp4) or {_FORMATS_HELP}"
+        ) from None
+    if array.ndim != 4 or array.shape[0] != len(indices) or array.shape[3] != 3 or array.size == 0:
+        raise UndecodableInputError(f"{media.name} decoded to frames of shape {array.shape}; {_FORMATS_HELP}")
+    return torch.from_numpy(array)
+
+
+def _resize(frames: torch.Tensor, size: tuple[int, int] | None, crop_pct: float, interpolation: str) -> torch.Tensor:
+    if size is None:
+        return frames.permute(0, 3, 1, 2).float().div(255)  # (N, H, W, 3) -> (N, 3, H, W)
+    return resize_frames(frames, size, crop_pct, interpolation)
+
+
+def resize_frames(frames: torch.Tensor, size: tuple[int, int], crop_pct: float = 1.0,
+                  interpolation: str = "bilinear") -> torch.Tensor:
+    """(N, H, W, 3) uint8 frames -> (N, 3, h, w) float in [0, 1], as timm's eval transform does it.
+
+    A square ``size`` scales the short side to ``size / crop_pct`` (keeping the aspect ratio), a
+    non-square one scales to ``size / crop_pct``; then the centre ``size`` is cropped.
+    """
+    h, w = size
+    x = frames.permute(0, 3, 1, 2).float()  # (N, H, W, 3) -> (N, 3, H, W)
+    in_h, in_w = x.shape[-2:]
+    if h == w:
+        short = math.floor(h / crop_pct)
+        scale = short / min(in_h, in_w)
+        scaled = (max(short, round(in_h * scale)), max(short, round(in_w * scale)))
+    else:
+        scaled = (math.floor(h / crop_pct), math.floor(w / crop_pct))
+    mode = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
+    x = torch.nn.functional.interpolate(x, size=scaled, mode=mode, antialias=True, align_corners=False)
+    top, left = (scaled[0] - h) // 2, (scaled[1] - w) // 2
+    x = x[:, :, top:top + h, left:left + w]
+    return x.clamp_(0, 255).div_(255)
+
+
+@contextlib.contextmanager
+def _local_file(media: Media) -> Iterator[str]:
+    """A file path decord can open: the input's own path, or a temporary copy of its bytes."""
+    if media.path is not None:
+        # Absolute, so that FFmpeg never reads a file name like 'concat:...' as a protocol.
+        yield str(Path(media.path).resolve())
+        return
+    data = media.read_bytes()
+    if not data:
+        raise UndecodableInputError(f"{media.name} is empty (0 bytes); give a non-empty video")
+    fd, name = tempfile.mkstemp(prefix="mmassist-video-", suffix=_SUFFIXES.get(media.mime_type, ".bin"))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        yield name
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+
+
+def _reason(e: Exception, path: str, media: Media) -> str:
+    """decord's message without its timestamps, source locations, stack traces or temporary names."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", text)
+    if text.startswith("Error reading "):  # decord's RuntimeError when FFmpeg cannot open the file
+        return "FFmpeg found no readable video in it; it may be truncated or not a video"
+    if path:
+        text = text.replace(path, media.name)
+    return text[:200]
+
+
+# -- the encoder --------------------------------------------------------------------------------
+
+
+def pool_frame_tokens(tokens: torch.Tensor, num_tokens: int, num_prefix_tokens: int = 0) -> torch.Tensor:
+    """(N, T, D) tokens of each frame -> (N, num_tokens, D) by average pooling.
+
+    Tokens already ``num_tokens`` long pass through (a CNN map pooled by the backbone). ViT tokens
+    lose their prefix (class) tokens and are pooled on their square patch grid; any other sequence
+    is pooled along its length.
+    """
+    n, t, d = tokens.shape
+    if t == num_tokens:
+        return tokens
+    side = math.isqrt(num_tokens)
+    grid = math.isqrt(t - num_prefix_tokens) if t > num_prefix_tokens else 0
+    if grid > 0 and grid * grid == t - num_prefix_tokens and side * side == num_tokens:
+        patches = tokens[:, num_prefix_tokens:].transpose(1, 2).reshape(n, d, grid, grid)  # (N, D, g, g)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(patches, side)  # (N, D, k, k)
+        return pooled.flatten(2).transpose(1, 2)  # (N, k*k, D)
+    return torch.nn.functional.adaptive_avg_pool1d(tokens.transpose(1, 2), num_tokens).transpose(1, 2)
+
+
+class DecordVideoEncoder(Encoder):
+    """Video encoder: sampled frames through a timm image backbone, k x k tokens per frame."""
+
+    def __init__(self, config: DecordVideoConfig):
+        super().__init__()
+        self.config = config
+        self.tokens_per_frame = config.tokens_per_frame
+        backbone_cfg = dataclasses.replace(
+            config.backbone,
+            image_size=config.image_size if config.image_size is not None else config.backbone.image_size,
+            pool_tokens=math.isqrt(config.tokens_per_frame),
+        )
+        self.frame_encoder = TimmImageEncoder(backbone_cfg)
+        self.output_dim = self.frame_encoder.output_dim
+        data_cfg = self.frame_encoder.data_config
+        self.frame_size = (int(data_cfg["input_size"][1]), int(data_cfg["input_size"][2]))
+        self.crop_pct = float(data_cfg.get("crop_pct") or 1.0)
+        self.interpolation = str(data_cfg.get("interpolation") or "bilinear")
+        self.mean = tuple(float(m) for m in data_cfg["mean"])
+        self.std = tuple(float(s) for s in data_cfg["std"])
+
+    def load(self, media: Media) -> VideoClip:
+        """Decode one video's sampled frames at the backbone's input size."""
+        return load_video(media, self.config, self.frame_size, self.crop_pct, self.interpolation)
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """(F, 3, H, W) pixels in [0, 1] -> normalised with the backbone's mean and std."""
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (frames - mean) / std
+
+    def preprocess(self, items: Sequence[Media]) -> dict[str, torch.Tensor]:
+        """Videos -> ``pixel_values`` (B, F, 3, H, W) right-padded, ``frame_mask`` (B, F) bool,
+        ``frame_index`` (B, F) long (0..F_i-1) and ``timestamps`` (B, F) float seconds."""
+        clips = [self.load(m) for m in items]
+        pixel_values, frame_mask = pad_sequences([self.normalize(c.frames) for c in clips])
+        frame_index, _ = pad_sequences([torch.arange(len(c.indices)) for c in clips])
+        timestamps, _ = pad_sequences([torch.tensor(c.timestamps, dtype=torch.float32) for c in clips])
+        return {"pixel_values": pixel_values, "frame_mask": frame_mask, "frame_index": frame_index,
+                "timestamps": timestamps}
+
+    def forward(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor, frame_index: torch.Tensor,
+                timestamps: torch.Tensor | None = None) -> EncoderOutput:
+        """``timestamps`` is carried for callers (captions, previews); the encoder does not use it."""
+        b, f = frame_mask.shape
+        frames = pixel_values[frame_mask]  # (N, 3, H, W): padded frames are not run
+        tokens = self.frame_tokens(frames)  # (N, k, D)
+        k, d = tokens.shape[1:]
+        per_frame = tokens.new_zeros(b, f, k, d)
+        per_frame[frame_mask] = tokens
+        features = per_frame.reshape(b, f * k, d)  # (B, F*k, D)
+        mask = frame_mask.repeat_interleave(k, dim=1)  # (B, F*k)
+        time_index = frame_index.long().repeat_interleave(k, dim=1)  # (B, F*k)
+        weights = mask.unsqueeze(-1).to(features.dtype)
+        pooled = (features * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, D)
+        return EncoderOutput(features=features, mask=mask, time_index=time_index, pooled=pooled)
+
+    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) frames -> (N, tokens_per_frame, D)."""
+        tokens = self.frame_encoder.tokens(frames)  # (N, T, D); a CNN map is already k x k
+        prefix = int(getattr(self.frame_encoder.backbone, "num_prefix_tokens", 0) or 0)
+        return pool_frame_tokens(tokens, self.tokens_per_frame, prefix)
+
+
+# -- test videos --------------------------------------------------------------------------------
+
+_DEFAULT_CODECS = {".mp4": ("libx264", "mpeg4"), ".mov": ("libx264", "mpeg4"), ".mkv": ("libx264", "mpeg4"),
+                   ".webm": ("libvpx-vp9", "libvpx"), ".avi": ("mpeg4",)}
+
+
+def write_test_video(path: str | Path, frames: Any, fps: float = 8.0, codec: str | None = None,
+                     options: dict[str, str] | None = None) -> Path:
+    """Write (F, H, W, 3) uint8 RGB frames as a video file with PyAV; return the path.
+
+    The container follows the file suffix (.mp4, .mkv, .webm, .mov, .avi). ``codec`` defaults to
+    H.264 (libx264, else mpeg4) and, for WebM, VP9 (else VP8). H and W must be even (yuv420p).
+    """
+    import av
+    import numpy as np
+
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"frames must be a non-empty (F, H, W, 3) uint8 array, got {frames.dtype} {frames.shape}")
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise ValueError(f"frame size {width}x{height} must be even in both directions (yuv420p)")
+    if codec is None:
+        codec = _pick_codec(path.suffix.lower())
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=options or {})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())  # flush
+    return path
+
+
+def _pick_codec(suffix: str) -> str:
+    import av
+
+    for name in _DEFAULT_CODECS.get(suffix, ("libx264", "mpeg4")):
+        try:
+            av.Codec(name, "w")
+            return name
+        except Exception:  # not built into this FFmpeg
+            continue
+    raise ValueError(f"no video encoder for {suffix!r} files in this PyAV build; pass codec=")
+
+
+def moving_shapes(num_frames: int = 16, height: int = 48, width: int = 64, seed: int = 0):
+    """(F, H, W, 3) uint8 frames: a square moving right and a disc moving down on a dark background."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(96, 256, size=(2, 3), dtype=np.uint8)
+    ys, xs = np.mgrid[0:height, 0:width]
+    side, radius = max(2, height // 4), max(2, height // 6)
+    frames = np.full((num_frames, height, width, 3), 24, dtype=np.uint8)
+    for t in range(num_frames):
+        progress = t / max(1, num_frames - 1)
+        x0, y0 = round(progress * (width - side)), (height - side) // 2
+        frames[t, y0:y0 + side, x0:x0 + side] = colours[0]
+        cy, cx = radius + progress * (height - 2 * radius - 1), width / 3
+        frames[t][(ys - cy) ** 2 + (xs - cx) ** 2 <= radius**2] = colours[1]
+    return frames
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+def tiny_config() -> DecordVideoConfig:
+    return DecordVideoConfig(backbone=TimmImageConfig(model_name="test_resnet"), image_size=64, num_frames=4,
+                             max_frames=8, tokens_per_frame=1, num_threads=1)
+
+
+def example_inputs(tmp_dir: Path) -> list[Any]:
+    """An MP4 file and WebM bytes of moving shapes (16 frames, 64x48)."""
+    tmp_dir = Path(tmp_dir)
+    mp4 = write_test_video(tmp_dir / "shapes.mp4", moving_shapes(16, seed=0), fps=8)
+    webm = write_test_video(tmp_dir / "shapes.webm", moving_shapes(12, seed=1), fps=6)
+    return [mp4, webm.read_bytes()]
+
+
+@hookimpl
+def register_encoders(register):
+    register(EncoderSpec(
+        name="video/decord",
+        modality="video",
+        mime_types=VIDEO_MIME_TYPES,
+        config_cls=DecordVideoConfig,
+        build=DecordVideoEncoder,
+        description="decord frames (uniform or fps sampling) through a timm backbone, k x k tokens per frame",
+        tiny_config=tiny_config,
+        example_inputs=example_inputs,
+    ))

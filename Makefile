@@ -1,0 +1,29 @@
+# Two commands: `make demo` runs the main job, `make test` runs the test suite.
+# Each creates .venv and installs what it needs on first use.
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+# torch is installed first, on its own: on this project's machines these releases lie on local disk.
+# Elsewhere pick the build you want, e.g. make test TORCH="torch torchvision --index-url <your index>".
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+export HF_HUB_OFFLINE ?= 1
+export GRADIO_ANALYTICS_ENABLED ?= False
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml examples/mmassist-audio/pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/mmassist plugins
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,153 @@
+"""Checkpoints: a folder with config.json, model.safetensors, tokenizer files and manifest.json.
+
+``model.safetensors`` holds only what cannot be rebuilt from a named source: a frozen encoder or
+decoder with pretrained weights on this machine is referenced in the manifest, not copied. Loading
+is strict: a missing or unexpected tensor is an error. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.config import FusionConfig
+from core.errors import ConfigError, MissingPluginError
+from core.host import Host
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+MANIFEST = "manifest.json"
+
+
+def referenced_prefixes(model) -> dict[str, str]:
+    """State-dict prefixes of frozen parts whose weights come from a named source -> that source."""
+    cfg = model.cfg
+    out = {}
+    for m, enc_cfg in cfg.encoders.items():
+        source = model.encoders[m].pretrained_source
+        if enc_cfg.freeze and source:
+            out[f"encoders.{m}."] = source
+    if cfg.decoder.freeze and cfg.decoder.path:  # new token rows are deterministic: see model.py
+        out["decoder."] = cfg.decoder.path
+    return out
+
+
+def trained_state(model) -> dict[str, torch.Tensor]:
+    """Every parameter and persistent buffer, once each (tied weights once), minus referenced parts."""
+    skip = tuple(referenced_prefixes(model))
+    state = {}
+    seen = set()
+    for name, t in list(model.named_parameters()) + _persistent_buffers(model):
+        if name.startswith(skip) or id(t) in seen:
+            continue
+        seen.add(id(t))
+        state[name] = t.detach().contiguous().cpu()
+    return state
+
+
+def _persistent_buffers(model) -> list[tuple[str, torch.Tensor]]:
+    keys = set(model.state_dict(keep_vars=True))
+    return [(n, b) for n, b in model.named_buffers() if n in keys]
+
+
+def save_checkpoint(model, tokenizer, cfg: FusionConfig, path: str | Path, host: Host, extra: dict | None = None) -> Path:
+    """Write a checkpoint folder atomically: into a temporary sibling, then renamed into place."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(trained_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(cfg.to_json(), encoding="utf-8")
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / MANIFEST).write_text(json.dumps(manifest(model, cfg, host, extra), indent=2), encoding="utf-8")
+        _fsync_dir(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def manifest(model, cfg: FusionConfig, host: Host, extra: dict | None = None) -> dict[str, Any]:
+    from core import __version__
+
+    encoders = {}
+    for m, enc_cfg in cfg.encoders.items():
+        spec = host.encoders.get(enc_cfg.name)
+        encoders[m] = {"name": spec.name, "plugin": spec.plugin, "distribution": spec.distribution,
+                       "version": spec.version}
+    return {
+        "format_version": FORMAT_VERSION,
+        "mmassist_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "encoders": encoders,
+        "referenced": referenced_prefixes(model),
+        **(extra or {}),
+    }
+
+
+def read_checkpoint(path: str | Path, host: Host) -> tuple[FusionConfig, dict[str, Any]]:
+    """The config and manifest of a checkpoint, after checking that every plugin it needs is here."""
+    path = Path(path)
+    if not (path / CONFIG).is_file() or not (path / MANIFEST).is_file():
+        raise ConfigError(f"{path} is not a mmassist checkpoint (it needs {CONFIG} and {MANIFEST})")
+    man = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    if man.get("format_version", 0) > FORMAT_VERSION:
+        raise ConfigError(f"{path} was written by a newer mmassist ({man.get('mmassist_version')}); upgrade mmassist")
+    for m, enc in man.get("encoders", {}).items():
+        if enc["name"] not in host.encoders:
+            dist = enc.get("distribution") or "the plugin that provides it"
+            raise MissingPluginError(
+                f"{path} needs the encoder {enc['name']!r} for {m} input, from {dist} {enc.get('version', '')}; "
+                f"install it with: pip install {dist}"
+            )
+    cfg = FusionConfig.from_dict(json.loads((path / CONFIG).read_text(encoding="utf-8")))
+    return cfg, man
+
+
+def load_weights(model, path: str | Path) -> None:
+    """Load model.safetensors strictly: exactly the tensors :func:`trained_state` would save."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(path) / WEIGHTS))
+    expected = trained_state(model)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ConfigError(
+            f"{path}: the weights do not fit the model in its config.json "
+            f"(missing: {', '.join(missing[:5]) or 'none'}{'...' if len(missing) > 5 else ''}; "
+            f"unexpected: {', '.join(unexpected[:5]) or 'none'}{'...' if len(unexpected) > 5 else ''})"
+        )
+    params = dict(model.named_parameters())
+    params.update(dict(_persistent_buffers(model)))
+    with torch.no_grad():
+        for name, value in state.items():
+            target = params[name]
+            if target.shape != value.shape:
+                raise ConfigError(f"{path}: {name} has shape {tuple(value.shape)}, the model expects "
+                                  f"{tuple(target.shape)}")
+            target.copy_(value)
+
+
+def _fsync_dir(folder: Path) -> None:
+    for f in folder.iterdir():
+        if f.is_file():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())

@@ -1,0 +1,277 @@
+"""``FusionConfig``: everything a model and its fine-tune need, as nested dataclasses.
+
+    encoders:   {modality: EncoderConfig}   which plugin encoder reads each modality
+    fusion:     FusionModuleConfig          projectors, embeddings, joint layers (fusion/config.py)
+    decoder:    DecoderConfig               the causal LM and its tokenizer
+    task:       TaskConfig                  chat / caption / vqa / classification
+    generation: GenerationConfig            decoding defaults
+    data:       DataConfig                  where the train / validation / test data are
+    training:   TrainingConfig              optimisation and evaluation settings
+
+Configs are values: validated on construction, unknown keys rejected with their path, JSON/YAML
+round trip, and never mutated by the functions they are given (use ``dataclasses.replace``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core import configs
+from core.configs import check_choice, check_range, help_field
+from core.errors import ConfigError
+from fusion.config import FusionModuleConfig, check_modality_name
+
+TASKS = ("chat", "caption", "vqa", "classification")
+
+
+@dataclass
+class EncoderConfig:
+    """One modality's encoder: a registered encoder name and its own config values."""
+
+    name: str = help_field(help="registered encoder name, e.g. image/timm (see `mmassist plugins`)")
+    config: dict[str, Any] = help_field(default_factory=dict, help="the encoder's config values")
+    freeze: bool = help_field(False, help="keep the encoder's weights fixed during fine-tuning")
+    lr: float | None = help_field(None, help="learning rate for this encoder; default: training.lr")
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or "/" not in self.name:
+            raise ConfigError(f"encoder name {self.name!r} must look like 'modality/backend', e.g. 'image/timm'")
+        if self.lr is not None:
+            check_range("encoder.lr", self.lr, 0.0, lo_open=True)
+
+
+@dataclass
+class DecoderConfig:
+    """The autoregressive decoder: a local Hugging Face causal LM, or a new one built from a config."""
+
+    path: str | None = help_field(None, help="local folder of a Hugging Face causal LM (weights + tokenizer)")
+    init: dict[str, Any] | None = help_field(
+        None, help="build a new, randomly initialised decoder from these config values, e.g. "
+                   "{model_type: llama, hidden_size: 64, num_hidden_layers: 2, ...}")
+    tokenizer: str = help_field(
+        "auto", help="auto: the decoder folder's tokenizer; bytes: a byte-level tokenizer (no training); "
+                     "or the folder of a tokenizer")
+    freeze: bool = help_field(False, help="keep the decoder's weights fixed during fine-tuning")
+    lr: float | None = help_field(None, help="learning rate for the decoder; default: training.lr")
+    max_length: int = help_field(1024, help="longest sequence (prompt + media tokens + answer) in tokens")
+    attn_implementation: str = help_field("sdpa", choices=("sdpa", "eager"),
+                                          help="attention kernel: sdpa (fast) or eager (reference)")
+    trust_remote_code: bool = help_field(False, help="allow code shipped with the model to run; "
+                                                     "only for models you trust")
+
+    def __post_init__(self):
+        if (self.path is None) == (self.init is None):
+            raise ConfigError("decoder: give exactly one of decoder.path (a local model folder) "
+                              "or decoder.init (config values for a new model)")
+        if self.init is not None and "model_type" not in self.init:
+            raise ConfigError("decoder.init needs a model_type, e.g. llama, qwen2 or gpt2")
+        if self.init is not None and self.tokenizer == "auto":
+            raise ConfigError("decoder.tokenizer: a new decoder (decoder.init) needs a tokenizer: "
+                              "'bytes' or the folder of one")
+        check_range("decoder.max_length", self.max_length, 8)
+        check_choice("decoder.attn_implementation", self.attn_implementation, ("sdpa", "eager"))
+        if self.lr is not None:
+            check_range("decoder.lr", self.lr, 0.0, lo_open=True)
+
+
+@dataclass
+class TaskConfig:
+    """What the model is fine-tuned to do, and the adapter on top of the decoder."""
+
+    kind: str = help_field("chat", choices=TASKS, help="chat, caption, vqa or classification")
+    labels: list[str] = help_field(default_factory=list, help="classification: the class names, in order")
+    prompt: str = help_field("", help="instruction put before each input for caption and classification "
+                                      "tasks, e.g. 'Describe the image.'; placeholders are added for the media")
+    system_prompt: str | None = help_field(None, help="a system message put before every conversation")
+    pooling: str = help_field("last", choices=("last", "mean"),
+                              help="classification: pool the last token's or the mean hidden state")
+
+    def __post_init__(self):
+        check_choice("task.kind", self.kind, TASKS)
+        check_choice("task.pooling", self.pooling, ("last", "mean"))
+        if self.kind == "classification" and len(self.labels) < 2:
+            raise ConfigError("task.labels: a classification task needs at least two labels")
+        if len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"task.labels has duplicates: {self.labels}")
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding defaults; every field can be overridden per call."""
+
+    max_new_tokens: int = help_field(64, help="most tokens to generate")
+    temperature: float = help_field(0.0, help="0 = greedy; higher = more random")
+    top_p: float = help_field(1.0, help="nucleus sampling: keep the smallest set of tokens with this mass")
+    top_k: int = help_field(0, help="sample among the k likeliest tokens (0 = all)")
+    repetition_penalty: float = help_field(1.0, help="> 1 discourages repeating tokens")
+    stop: list[str] = help_field(default_factory=list, help="stop when the text ends with one of these")
+    seed: int | None = help_field(None, help="seed for sampling; default: random")
+
+    def __post_init__(self):
+        check_range("generation.max_new_tokens", self.max_new_tokens, 1, 32768)
+        check_range("generation.temperature", self.temperature, 0.0)
+        check_range("generation.top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        check_range("generation.top_k", self.top_k, 0)
+        check_range("generation.repetition_penalty", self.repetition_penalty, 0.0, lo_open=True)
+
+
+@dataclass
+class DataConfig:
+    """Where the data are. Paths are relative to the config file's folder."""
+
+    train: str | None = help_field(None, help="training data file (JSON/JSONL/CSV/TSV) or captions folder")
+    validation: str | None = help_field(None, help="validation data; default: carved from train")
+    test: str | None = help_field(None, help="test data; default: carved from train when test_fraction > 0")
+    validation_fraction: float = help_field(0.1, help="share of train held out for validation when "
+                                                      "no validation file is given")
+    test_fraction: float = help_field(0.0, help="share of train held out for testing when no test file is given")
+    seed: int = help_field(0, help="seed of the split")
+    text_column: str = help_field("sentence", help="classification: the column with the text or media path")
+    label_column: str = help_field("label", help="classification: the column with the label")
+
+    def __post_init__(self):
+        check_range("data.validation_fraction", self.validation_fraction, 0.0, 0.9)
+        check_range("data.test_fraction", self.test_fraction, 0.0, 0.9)
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, evaluation and checkpointing."""
+
+    epochs: float = help_field(3.0, help="passes over the training data")
+    batch_size: int = help_field(16, help="examples per step (per process)")
+    lr: float = help_field(1e-4, help="peak learning rate (AdamW)")
+    weight_decay: float = help_field(0.01, help="AdamW weight decay (not applied to norms and biases)")
+    warmup_ratio: float = help_field(0.05, help="share of steps spent warming the learning rate up")
+    scheduler: str = help_field("cosine", choices=("cosine", "linear", "constant"),
+                                help="learning-rate decay after warm-up")
+    seed: int = help_field(0, help="random seed")
+
+    def __post_init__(self):
+        check_range("training.epochs", self.epochs, 0.0, lo_open=True)
+        check_range("training.batch_size", self.batch_size, 1)
+        check_range("training.lr", self.lr, 0.0, lo_open=True)
+        check_range("training.weight_decay", self.weight_decay, 0.0)
+        check_range("training.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_choice("training.scheduler", self.scheduler, ("cosine", "linear", "constant"))
+
+
+@dataclass
+class FusionConfig:
+    """The whole model and its fine-tune. Build it from a file, a dict or keyword arguments."""
+
+    encoders: dict[str, EncoderConfig] = help_field(
+        default_factory=dict, help="one encoder per input modality: {image: {name: image/timm, config: {...}}}")
+    decoder: DecoderConfig = help_field(default_factory=lambda: DecoderConfig(path=None, init={
+        "model_type": "llama"}, tokenizer="bytes"), help="the causal LM that writes the answers")
+    fusion: FusionModuleConfig = help_field(default_factory=FusionModuleConfig,
+                                            help="projectors, embeddings and joint layers between them")
+    task: TaskConfig = help_field(default_factory=TaskConfig, help="what to fine-tune for")
+    generation: GenerationConfig = help_field(default_factory=GenerationConfig, help="decoding defaults")
+    data: DataConfig = help_field(default_factory=DataConfig, help="datasets")
+    training: TrainingConfig = help_field(default_factory=TrainingConfig, help="optimisation")
+
+    def __post_init__(self):
+        for modality, enc in self.encoders.items():
+            check_modality_name("encoders", modality)
+            if not isinstance(enc, EncoderConfig):
+                raise ConfigError(f"encoders.{modality} must be an encoder config, got {enc!r}")
+            if enc.name.split("/", 1)[0] != modality:
+                raise ConfigError(f"encoders.{modality}.name={enc.name!r} is an encoder for another modality")
+        for modality in self.fusion.modality_projectors:
+            if modality not in self.encoders:
+                raise ConfigError(f"fusion.modality_projectors.{modality}: no encoder for modality {modality!r}; "
+                                  f"encoders: {', '.join(self.encoders) or 'none'}")
+
+    # -- round trip ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FusionConfig":
+        """Build from a plain dict; unknown keys raise ConfigError naming their path."""
+        return configs.from_dict(cls, data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "FusionConfig":
+        """Read a YAML or JSON file. Relative data paths are resolved against the file's folder."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        data = load_yaml_or_json(text, path)
+        cfg = cls.from_dict(data)
+        return dataclasses.replace(cfg, data=_resolve_data_paths(cfg.data, path.parent))
+
+    @classmethod
+    def coerce(cls, cfg: "FusionConfig | dict | str | Path") -> "FusionConfig":
+        """A FusionConfig from a config, a dict or a file path."""
+        if isinstance(cfg, FusionConfig):
+            return cfg
+        if isinstance(cfg, dict):
+            return cls.from_dict(cfg)
+        if isinstance(cfg, (str, Path)):
+            return cls.from_file(cfg)
+        raise ConfigError(f"a config must be a FusionConfig, a dict or a file path, not {type(cfg).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return configs.to_dict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        """Write YAML (``.yaml``/``.yml``) or JSON (anything else)."""
+        path = Path(path)
+        text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json()
+        path.write_text(text, encoding="utf-8")
+
+    def override(self, **changes: Any) -> "FusionConfig":
+        """A copy with dotted keys replaced: ``cfg.override(**{"training.lr": 1e-3})``."""
+        data = self.to_dict()
+        for dotted, value in changes.items():
+            node = data
+            *parents, last = dotted.split(".")
+            for key in parents:
+                if not isinstance(node.get(key), dict):
+                    raise ConfigError(f"cannot override {dotted}: {key!r} is not a section of the config")
+                node = node[key]
+            node[last] = value
+        return FusionConfig.from_dict(data)
+
+
+def load_yaml_or_json(text: str, path: Path) -> Any:
+    """Parse a config file's text, with errors that give the file and line."""
+    import yaml
+
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _resolve_data_paths(data: DataConfig, base: Path) -> DataConfig:
+    changes = {}
+    for key in ("train", "validation", "test"):
+        value = getattr(data, key)
+        if value is not None and not Path(value).is_absolute():
+            changes[key] = str((base / value).resolve())
+    return dataclasses.replace(data, **changes)

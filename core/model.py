@@ -1,0 +1,213 @@
+"""The fused model: plugin encoders -> fusion module -> a Hugging Face causal LM (+ a task head).
+
+    media items ──encoders──► (N, T, D_enc) ──fusion──► tokens per item (n, D_dec)
+    prompt ids (one placeholder per item) ──expand──► ids with n slots per item ──embed + splice──►
+    inputs_embeds ──decoder──► logits (LM head) or pooled hidden state ──► classification head
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from core.config import FusionConfig
+from core.encoders import EncoderOutput
+from core.errors import ConfigError
+from core.hf import quiet_transformers
+from core.host import Host
+from fusion import FusionModule, IGNORE_INDEX, expand_placeholders, make_layout, splice, token_counts
+
+
+def placeholder_token(modality: str) -> str:
+    """The prompt placeholder of a modality: ``<image>``, ``<video>``, ``<audio>``..."""
+    return f"<{modality}>"
+
+
+@dataclass
+class Batch:
+    """Model inputs for B examples.
+
+    ``input_ids`` / ``attention_mask`` (B, L) hold one placeholder token per media item; ``labels``
+    (B, L) are -100 except on the tokens to learn; ``media[m]`` is the encoder-``m`` preprocessed
+    input of every item of modality m, example by example in prompt order; ``item_modalities[b]``
+    lists example b's items' modalities in prompt order; ``class_labels`` (B,) for classification.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+    media: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    item_modalities: list[list[str]] = field(default_factory=list)
+    class_labels: torch.Tensor | None = None
+    padding_side: str = "right"
+
+    def to(self, device: torch.device | str) -> "Batch":
+        def move(t):
+            return t.to(device) if t is not None else None
+
+        return Batch(
+            input_ids=move(self.input_ids), attention_mask=move(self.attention_mask), labels=move(self.labels),
+            media={m: {k: v.to(device) for k, v in d.items()} for m, d in self.media.items()},
+            item_modalities=self.item_modalities, class_labels=move(self.class_labels),
+            padding_side=self.padding_side,
+        )
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor  # (B, L', vocab) for generation tasks, (B, n_labels) for classification
+    inputs_embeds: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+
+
+def build_tokenizer_for(cfg: FusionConfig):
+    """The decoder's tokenizer with one placeholder token per configured modality."""
+    from transformers import AutoTokenizer
+
+    from core.tokenizer import CHATML_TEMPLATE, build_tokenizer
+
+    placeholders = [placeholder_token(m) for m in cfg.encoders]
+    dec = cfg.decoder
+    if dec.tokenizer == "bytes":
+        return build_tokenizer(placeholders=placeholders)
+    source = dec.path if dec.tokenizer == "auto" else dec.tokenizer
+    if not Path(source).is_dir():
+        raise ConfigError(f"decoder tokenizer folder {source!r} does not exist")
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=dec.trust_remote_code)
+    missing = [p for p in placeholders if p not in tok.get_vocab()]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        tok.chat_template = CHATML_TEMPLATE
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]},
+                               replace_extra_special_tokens=False)
+    return tok
+
+
+def build_decoder(cfg: FusionConfig, vocab_size: int) -> nn.Module:
+    """The causal LM from a local folder or from config values, with room for ``vocab_size`` tokens."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dec = cfg.decoder
+    with quiet_transformers():
+        if dec.init is not None:
+            init = dict(dec.init)
+            model_type = init.pop("model_type")
+            try:
+                hf_cfg = AutoConfig.for_model(model_type, vocab_size=vocab_size, **init)
+            except ValueError as e:
+                raise ConfigError(f"decoder.init: {e}") from None
+            hf_cfg._attn_implementation = dec.attn_implementation
+            model = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=dec.attn_implementation)
+        else:
+            if not Path(dec.path).is_dir():
+                raise ConfigError(f"decoder.path={dec.path!r} is not a folder; give a local Hugging Face "
+                                  "causal LM folder, or decoder.init to build a new model")
+            model = AutoModelForCausalLM.from_pretrained(
+                dec.path, attn_implementation=dec.attn_implementation, trust_remote_code=dec.trust_remote_code,
+                dtype=torch.float32,
+            )
+    old = model.get_input_embeddings().weight.shape[0]
+    if vocab_size > old:
+        _grow_embeddings(model, vocab_size)
+    return model
+
+
+@torch.no_grad()
+def _grow_embeddings(model: nn.Module, vocab_size: int) -> None:
+    """Add rows for new tokens, set to the mean of the old rows: deterministic, so a checkpoint
+    that references the pretrained decoder rebuilds exactly the same model."""
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    emb = model.get_input_embeddings().weight
+    emb[old:] = emb[:old].mean(0)
+    out = model.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != emb.data_ptr():
+        out.weight[old:] = out.weight[:old].mean(0)
+        if getattr(out, "bias", None) is not None:
+            out.bias[old:] = out.bias[:old].mean()
+
+
+class MultimodalModel(nn.Module):
+    """Encoders per modality, the fusion module, the decoder and (for classification) a head."""
+
+    def __init__(self, cfg: FusionConfig, host: Host, tokenizer):
+        super().__init__()
+        self.cfg = cfg
+        self.encoders = nn.ModuleDict({
+            m: host.encoders.get(e.name).create(host.encoders.get(e.name).make_config(e.config, f"encoders.{m}.config"))
+            for m, e in cfg.encoders.items()
+        })
+        self.decoder = build_decoder(cfg, len(tokenizer))
+        hidden = int(self.decoder.get_input_embeddings().weight.shape[1])
+        self.hidden_size = hidden
+        self.fusion = FusionModule(
+            cfg.fusion, {m: enc.output_dim for m, enc in self.encoders.items()}, hidden,
+            temporal_modalities=[m for m, enc in self.encoders.items() if enc.temporal],
+        ) if self.encoders else None
+        self.placeholder_ids = {m: tokenizer.convert_tokens_to_ids(placeholder_token(m)) for m in cfg.encoders}
+        self.pad_token_id = tokenizer.pad_token_id
+        self.head = nn.Linear(hidden, len(cfg.task.labels)) if cfg.task.kind == "classification" else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode_media(self, media: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, EncoderOutput]:
+        """Run each modality's encoder over its preprocessed items."""
+        return {m: self.encoders[m](**tensors) for m, tensors in media.items()}
+
+    def embed(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(inputs_embeds (B, L', D), attention_mask (B, L'), labels (B, L') or None, ids (B, L'))."""
+        ids, mask, labels = batch.input_ids, batch.attention_mask, batch.labels
+        embed_tokens = self.decoder.get_input_embeddings()
+        if not batch.media:
+            return embed_tokens(ids), mask, labels, ids
+        fused = self.fusion(self.encode_media(batch.media), make_layout(batch.item_modalities))
+        ids, mask, labels = expand_placeholders(ids, mask, labels, self.placeholder_ids, token_counts(fused),
+                                                pad_id=self.pad_token_id, padding_side=batch.padding_side)
+        embeds = splice(embed_tokens(ids), ids, self.placeholder_ids, fused)  # (B, L', D)
+        return embeds, mask, labels, ids
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        embeds, mask, labels, _ = self.embed(batch)
+        if self.head is not None:
+            # The base model, without the LM head: no (B, L', vocab) logits to compute.
+            hidden = self.decoder.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, L', D)
+            logits = self.head(pool(hidden, mask, self.cfg.task.pooling).to(self.head.weight.dtype))  # (B, C)
+            loss = None
+            if batch.class_labels is not None:
+                loss = nn.functional.cross_entropy(logits.float(), batch.class_labels)
+            return ModelOutput(loss, logits, embeds, mask)
+        logits = self.decoder(inputs_embeds=embeds, attention_mask=mask).logits  # (B, L', V)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels)
+        return ModelOutput(loss, logits, embeds, mask)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, L, D) hidden states -> (B, D): the last real token's (any padding side) or the masked mean."""
+    if how == "mean":
+        w = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)  # (B, L)
+    last = torch.where(mask.bool(), positions, -1).max(dim=1).values  # (B,)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross entropy over the positions whose label is not -100."""
+    shift_logits = logits[:, :-1].float()  # (B, L-1, V)
+    shift_labels = labels[:, 1:]  # (B, L-1)
+    return nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                                       ignore_index=IGNORE_INDEX)
+

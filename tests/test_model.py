@@ -1,0 +1,336 @@
+"""The fused model on tiny configs: round trips, generation, reference parity, labels, inputs."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import core
+from core.model import placeholder_token
+from fusion import IGNORE_INDEX
+
+TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+TINY_DECODERS = {
+    "llama": TINY_LLAMA,
+    "qwen2": {**TINY_LLAMA, "model_type": "qwen2"},
+    "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 512},
+}
+IMAGE = {"name": "image/timm", "config": {"model_name": "test_resnet", "image_size": 64}}
+VIDEO = {"name": "video/decord", "config": {"backbone": {"model_name": "test_resnet"}, "image_size": 32,
+                                           "num_frames": 4, "tokens_per_frame": 1}}
+TEXT = {"name": "text/hf", "config": {"max_length": 32, "init_config": {
+    "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "intermediate_size": 64}}}
+
+
+def tiny_cfg(decoder="llama", encoders=None, **sections) -> core.FusionConfig:
+    data = {
+        "encoders": encoders if encoders is not None else {"image": IMAGE},
+        "decoder": {"init": TINY_DECODERS[decoder], "tokenizer": "bytes", "max_length": 512},
+        "generation": {"max_new_tokens": 10},
+        **sections,
+    }
+    return core.FusionConfig.from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def host():
+    return core.Host(load_entrypoints=False)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [Image.new("RGB", (48, 40), c) for c in ("red", "blue", "green")]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    from plugins.video import example_inputs
+
+    return example_inputs(tmp_path_factory.mktemp("video"))[0]
+
+
+def build(cfg, host, seed=0):
+    torch.manual_seed(seed)
+    return core.Assistant.from_config(cfg, host=host)
+
+
+@pytest.mark.parametrize("decoder", list(TINY_DECODERS))
+def test_save_load_round_trip_gives_identical_logits_and_text(decoder, host, images, tmp_path):
+    asst = build(tiny_cfg(decoder), host)
+    before = asst.chat("What is in this picture?", images=images[:1])
+    conv = asst.processor.conversation("Describe.", {"image": images[:2]})
+    batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)])
+    with torch.no_grad():
+        logits = asst.model(batch).logits
+    out = asst.save_pretrained(tmp_path / "ckpt")
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "manifest.json",
+                                               "tokenizer.json"}
+    assert not any(p.suffix in (".bin", ".pt", ".pth", ".pkl") for p in out.iterdir())
+    loaded = core.Assistant.from_pretrained(out, host=host)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(batch).logits, logits, rtol=0, atol=0)
+    assert loaded.chat("What is in this picture?", images=images[:1]) == before
+    assert loaded.cfg == asst.cfg
+
+
+def test_manifest_records_plugins_and_a_missing_plugin_names_the_distribution(host, tmp_path):
+    asst = build(tiny_cfg(), host)
+    out = asst.save_pretrained(tmp_path / "ckpt")
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["format_version"] == 1 and man["mmassist_version"] == core.__version__
+    assert man["encoders"]["image"] == {"name": "image/timm", "plugin": "plugins.image",
+                                        "distribution": "mmassist", "version": core.__version__}
+    man["encoders"]["image"].update(name="image/fancy", distribution="mmassist-fancy", version="1.2")
+    (out / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(core.MissingPluginError, match="pip install mmassist-fancy"):
+        core.Assistant.from_pretrained(out, host=host)
+
+
+def test_weight_loading_is_strict(host, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    out = build(tiny_cfg(), host).save_pretrained(tmp_path / "ckpt")
+    state = load_file(str(out / "model.safetensors"))
+    state.pop(next(k for k in state if k.startswith("fusion.")))
+    save_file(state, str(out / "model.safetensors"))
+    with pytest.raises(core.ConfigError, match="missing: fusion"):
+        core.Assistant.from_pretrained(out, host=host)
+
+
+def test_frozen_pretrained_parts_are_referenced_not_copied(host, tmp_path):
+    cfg = tiny_cfg(encoders={"text": {"name": "text/hf", "freeze": True, "config": {"max_length": 16}}})
+    asst = build(cfg, host)
+    out = asst.save_pretrained(tmp_path / "ckpt")
+    man = json.loads((out / "manifest.json").read_text())
+    assert "encoders.text." in man["referenced"]
+    size_mb = (out / "model.safetensors").stat().st_size / 1e6
+    assert size_mb < 5, f"the frozen MiniLM (90 MB) must not be copied; checkpoint is {size_mb:.1f} MB"
+    loaded = core.Assistant.from_pretrained(out, host=host)
+    assert loaded.chat("Is it good?", media=["a witty film"]) == asst.chat("Is it good?", media=["a witty film"])
+
+
+@pytest.mark.parametrize("decoder", list(TINY_DECODERS))
+def test_kv_cache_generation_equals_no_cache(decoder, host, images):
+    from core.generate import generate_ids
+
+    asst = build(tiny_cfg(decoder), host)
+    convs = [asst.processor.conversation("Describe it in detail.", {"image": images[:1]}),
+             asst.processor.conversation("Hi", {"image": images[1:3]})]  # different lengths: left padding
+    batch = asst.processor.collate([asst.processor.encode(c, add_generation_prompt=True) for c in convs],
+                                   padding_side="left")
+    gen = core.GenerationConfig(max_new_tokens=12)
+    with_cache = torch.stack(list(generate_ids(asst.model, batch, gen, eos_ids=[-1], use_cache=True)), 1)
+    without = torch.stack(list(generate_ids(asst.model, batch, gen, eos_ids=[-1], use_cache=False)), 1)
+    assert torch.equal(with_cache, without)
+    # batched generation gives each row what it gets alone (padding does not leak)
+    alone = asst.processor.collate([asst.processor.encode(convs[0], add_generation_prompt=True)], padding_side="left")
+    first = torch.stack(list(generate_ids(asst.model, alone, gen, eos_ids=[-1])), 1)
+    assert torch.equal(first[0], with_cache[0])
+
+
+def test_greedy_matches_transformers_generate(host, images):
+    asst = build(tiny_cfg(), host)
+    conv = asst.processor.conversation("Describe.", {"image": images[:1]})
+    batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)], padding_side="left")
+    from core.generate import generate_ids
+
+    ours = torch.stack(list(generate_ids(asst.model, batch, core.GenerationConfig(max_new_tokens=8), eos_ids=[-1])), 1)
+    with torch.no_grad():
+        embeds, mask, _, _ = asst.model.embed(batch)
+        ref = asst.model.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=8,
+                                          do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(ours, ref[:, -8:])
+
+
+def test_streamed_pieces_join_to_the_whole_answer(host, images):
+    asst = build(tiny_cfg(), host)
+    whole = asst.chat("What colour?", images=images[:1], max_new_tokens=16)
+    pieces = list(asst.chat("What colour?", images=images[:1], max_new_tokens=16, stream=True))
+    assert len(pieces) > 1 and "".join(pieces) == whole
+
+
+def test_sampling_options_and_stop_strings(host, images):
+    asst = build(tiny_cfg(), host)
+    a = asst.chat("Hi", images=images[:1], temperature=1.0, top_p=0.9, top_k=20, repetition_penalty=1.2, seed=3)
+    b = asst.chat("Hi", images=images[:1], temperature=1.0, top_p=0.9, top_k=20, repetition_penalty=1.2, seed=3)
+    assert a == b  # seeded sampling is reproducible
+    full = asst.chat("Hi", images=images[:1], max_new_tokens=16)
+    stop = full[3:5]
+    cut = asst.chat("Hi", images=images[:1], max_new_tokens=16, stop=[stop])
+    assert cut == full[: full.find(stop)]
+    assert "".join(asst.chat("Hi", images=images[:1], max_new_tokens=16, stop=[stop], stream=True)) == cut
+    with pytest.raises(core.ConfigError, match="unknown generation option"):
+        asst.chat("Hi", images=images[:1], temprature=0.5)
+
+
+def test_top_p_and_top_k_filtering():
+    from core.generate import next_token_logits_processed
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    seen = torch.zeros(1, 1, dtype=torch.long)
+    kept = next_token_logits_processed(logits, seen, core.GenerationConfig(temperature=1.0, top_p=0.7))
+    assert torch.isfinite(kept).tolist() == [[True, True, False, False]]
+    kept = next_token_logits_processed(logits, seen, core.GenerationConfig(temperature=1.0, top_k=3))
+    assert torch.isfinite(kept).tolist() == [[True, True, True, False]]
+    penalised = next_token_logits_processed(logits, seen, core.GenerationConfig(repetition_penalty=2.0))
+    assert penalised[0, 0] == logits[0, 0] * 2  # a negative logit of a seen token is pushed down
+
+
+def test_parity_with_transformers_llava(host, images):
+    """Same projector, same Llama weights, same image features and prompt: same logits as LLaVA."""
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    cfg = tiny_cfg(fusion={"projector": {"kind": "mlp"}, "modality_embeddings": False,
+                           "temporal_embeddings": "none"})
+    asst = build(cfg, host)
+    model = asst.model
+    conv = asst.processor.conversation("What is in this picture?", {"image": images[:1]})
+    batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)])
+    with torch.no_grad():
+        ours = model(batch).logits
+        feats = model.encode_media(batch.media)["image"].features  # (1, T, D_enc)
+        _, _, _, ids = model.embed(batch)
+
+    dec = model.decoder.config
+    image_id = model.placeholder_ids["image"]
+    llava_cfg = LlavaConfig(
+        vision_config={"model_type": "clip_vision_model", "hidden_size": feats.shape[-1], "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "intermediate_size": 32, "image_size": 32, "patch_size": 16},
+        text_config=LlamaConfig(**{k: getattr(dec, k) for k in (
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_parameters")}),
+        image_token_id=image_id, projector_hidden_act="gelu", vision_feature_layer=-1,
+        vision_feature_select_strategy="full", multimodal_projector_bias=True,
+    )
+    llava = LlavaForConditionalGeneration(llava_cfg).eval()
+    llava.model.multi_modal_projector.load_state_dict(model.fusion.projectors["image"].state_dict())
+    llava.model.language_model.load_state_dict(model.decoder.model.state_dict())
+    llava.lm_head.load_state_dict(model.decoder.lm_head.state_dict())
+
+    class GivenFeatures(torch.nn.Module):  # stands in for LLaVA's vision tower: the same features
+        def forward(self, pixel_values, **kwargs):
+            return BaseModelOutputWithPooling(last_hidden_state=feats, hidden_states=(feats,))
+
+    llava.model.vision_tower = GivenFeatures()
+    with torch.no_grad():
+        ref = llava(input_ids=ids, pixel_values=torch.zeros(1, 3, 32, 32), attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_token_count_check_names_both_counts(host, images):
+    asst = build(tiny_cfg(), host)
+    with pytest.raises(core.UnsupportedInputError, match=r"2 <image> placeholder\(s\) but 1 image"):
+        asst.chat("Compare <image> and <image>", images=images[:1])
+    with pytest.raises(core.UnsupportedInputError, match="takes no video input"):
+        asst.chat("What happens?", videos=[b"\x00" * 10])
+
+
+def test_labels_cover_only_the_assistant_turns(host):
+    asst = build(tiny_cfg(), host)
+    messages = [{"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assistant", "content": "A red disc."},
+                {"role": "user", "content": "And the colour?"}, {"role": "assistant", "content": "Red."}]
+    conv = asst.processor.conversation(messages, {"image": [Image.new("RGB", (8, 8))]})
+    enc = asst.processor.encode(conv, add_generation_prompt=False, with_labels=True)
+    learned = asst.tokenizer.decode([t for t in enc.labels if t != IGNORE_INDEX])
+    assert learned == "A red disc.<|im_end|>\nRed.<|im_end|>\n"
+    batch = asst.processor.collate([enc])
+    _, _, labels, ids = asst.model.embed(batch)
+    assert (labels[ids == asst.model.placeholder_ids["image"]] == IGNORE_INDEX).all()
+    out = asst.model(batch)
+    assert out.loss is not None and torch.isfinite(out.loss)
+
+
+def test_llava_and_openai_message_formats_are_equivalent(host, images):
+    asst = build(tiny_cfg(), host)
+    llava = [{"from": "human", "value": "<image>\nWhat is it?"}]
+    openai = [{"role": "user", "content": [{"type": "image", "image": images[0]},
+                                           {"type": "text", "text": "\nWhat is it?"}]}]
+    a = asst.processor.conversation(llava, {"image": images[:1]})
+    b = asst.processor.conversation(openai)
+    assert a.messages == b.messages
+    assert asst.chat(llava, images=images[:1]) == asst.chat(openai)
+
+
+def test_image_video_text_in_one_model_and_one_prompt(host, images, video):
+    cfg = tiny_cfg(encoders={"image": IMAGE, "video": VIDEO, "text": TEXT},
+                   fusion={"joint_layers": 1, "modality_projectors": {"video": {"kind": "resampler",
+                                                                                "num_latents": 4}}})
+    asst = build(cfg, host)
+    answer = asst.chat("Compare <image>, <video> and <text>.", images=images[:1], videos=[video],
+                       media=["a quiet review"])
+    assert isinstance(answer, str)
+    assert isinstance(asst.caption(video), str)
+    # several inputs of several kinds in one batch, with a loss that reaches every part
+    conv = asst.processor.conversation([{"role": "user", "content": "<image><video><text>"},
+                                        {"role": "assistant", "content": "ok"}],
+                                       {"image": images[:1], "video": [video], "text": ["hello"]})
+    batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=False, with_labels=True)])
+    asst.model.train()
+    asst.model(batch).loss.backward()
+    for m in ("image", "video", "text"):
+        grads = [p.grad for p in asst.model.encoders[m].parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), f"no gradient reaches the {m} encoder"
+
+
+def test_resampler_keeps_the_sequence_length_constant_as_frames_grow(host, tmp_path):
+    import numpy as np
+
+    from plugins.video import write_test_video
+
+    lengths = {}
+    for frames in (4, 8, 16):
+        cfg = tiny_cfg(encoders={"video": {**VIDEO, "config": {**VIDEO["config"], "num_frames": frames}}},
+                       fusion={"modality_projectors": {"video": {"kind": "resampler", "num_latents": 6}}})
+        asst = build(cfg, host)
+        path = tmp_path / f"clip{frames}.mp4"
+        write_test_video(path, np.zeros((20, 32, 32, 3), dtype=np.uint8), fps=10)
+        conv = asst.processor.conversation("What happens?", {"video": [path]})
+        batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)])
+        with torch.no_grad():
+            embeds, _, _, _ = asst.model.embed(batch)
+        lengths[frames] = embeds.shape[1]
+    assert len(set(lengths.values())) == 1, lengths
+
+
+def test_classification_head(host):
+    cfg = tiny_cfg(encoders={"text": TEXT}, task={"kind": "classification", "labels": ["negative", "positive"],
+                                                  "prompt": "Review: <text>\nSentiment:"})
+    asst = build(cfg, host)
+    label = asst.classify("a gorgeous, witty film")
+    assert label in ("negative", "positive")
+    scores = asst.classify(["dull", "great"], return_scores=True)
+    assert len(scores) == 2 and abs(sum(scores[0].values()) - 1) < 1e-5
+    with pytest.raises(core.ConfigError, match="not classification"):
+        build(tiny_cfg(), host).classify("x")
+
+
+def test_config_is_not_mutated_and_round_trips(host, tmp_path):
+    cfg = tiny_cfg()
+    before = copy.deepcopy(cfg)
+    asst = build(cfg, host)
+    asst.chat("hi", images=[Image.new("RGB", (8, 8))])
+    asst.save_pretrained(tmp_path / "c")
+    assert cfg == before
+    for name in ("c.yaml", "c.json"):
+        cfg.save(tmp_path / name)
+        assert core.FusionConfig.from_file(tmp_path / name) == cfg
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(core.ConfigError, match=r"decoder\.init\.?.*|decoder: give exactly one"):
+        core.FusionConfig.from_dict({"decoder": {"path": "/x", "init": {"model_type": "llama"}}})
+    with pytest.raises(core.ConfigError, match=r"unknown config key fusion\.projector\.knd"):
+        core.FusionConfig.from_dict({"fusion": {"projector": {"knd": "mlp"}}})
+    with pytest.raises(core.ConfigError, match=r"encoders\.image\.freeze=.*true or false"):
+        core.FusionConfig.from_dict({"encoders": {"image": {"name": "image/timm", "freeze": "yes"}}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("decoder:\n  init: [unclosed\n")
+    with pytest.raises(core.ConfigError, match=r"bad\.yaml:\d+: invalid YAML"):
+        core.FusionConfig.from_file(bad)
