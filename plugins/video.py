@@ -326,6 +326,8 @@ def pool_frame_tokens(tokens: torch.Tensor, num_tokens: int, num_prefix_tokens: 
 class DecordVideoEncoder(Encoder):
     """Video encoder: sampled frames through a timm image backbone, k x k tokens per frame."""
 
+    temporal = True  # outputs carry the frame position as time_index
+
     def __init__(self, config: DecordVideoConfig):
         super().__init__()
         self.config = config
@@ -337,6 +339,7 @@ class DecordVideoEncoder(Encoder):
         )
         self.frame_encoder = TimmImageEncoder(backbone_cfg)
         self.output_dim = self.frame_encoder.output_dim
+        self.pretrained_source = self.frame_encoder.pretrained_source
         data_cfg = self.frame_encoder.data_config
         self.frame_size = (int(data_cfg["input_size"][1]), int(data_cfg["input_size"][2]))
         self.crop_pct = float(data_cfg.get("crop_pct") or 1.0)

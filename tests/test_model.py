@@ -334,3 +334,24 @@ def test_config_errors_name_the_key(tmp_path):
     bad.write_text("decoder:\n  init: [unclosed\n")
     with pytest.raises(core.ConfigError, match=r"bad\.yaml:\d+: invalid YAML"):
         core.FusionConfig.from_file(bad)
+
+
+def test_a_third_party_modality_flows_through_the_same_model(tmp_path, images):
+    """The example audio plugin (examples/mmassist-audio), registered as a plugin object."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "mmassist-audio"))
+    try:
+        import mmassist_audio
+        from mmassist_audio.logmel import example_inputs
+    finally:
+        sys.path.pop(0)
+    host = core.Host(load_entrypoints=False, plugins=[mmassist_audio])
+    cfg = tiny_cfg(encoders={"image": IMAGE, "audio": {"name": "audio/logmel", "config": {"n_mels": 16,
+                                                                                          "hidden_dim": 32}}})
+    asst = build(cfg, host)
+    wav = example_inputs(tmp_path)[0]
+    assert isinstance(asst.chat("What do you hear and see?", images=images[:1], media=[wav]), str)
+    out = asst.save_pretrained(tmp_path / "ckpt")
+    assert core.Assistant.from_pretrained(out, host=host).chat("Hi", media=[wav]) == asst.chat("Hi", media=[wav])
