@@ -24,6 +24,8 @@ from core.errors import (
     UnknownNameError,
     UnsupportedInputError,
 )
+from core.callbacks import TrainerCallback, TrainerControl, TrainerState
+from core.finetune import FinetuneResult, finetune
 from core.hookspecs import hookimpl
 from core.host import FailedPlugin, Host
 from core.media import Media
@@ -39,12 +41,17 @@ __all__ = [
     "GenerationConfig",
     "TaskConfig",
     "TrainingConfig",
+    "TrainerCallback",
+    "TrainerControl",
+    "TrainerState",
+    "finetune",
     "ConfigError",
     "DataFormatError",
     "Encoder",
     "EncoderOutput",
     "EncoderSpec",
     "FailedPlugin",
+    "FinetuneResult",
     "Host",
     "Media",
     "MissingPluginError",

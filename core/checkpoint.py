@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -58,8 +58,12 @@ def _persistent_buffers(model) -> list[tuple[str, torch.Tensor]]:
     return [(n, b) for n, b in model.named_buffers() if n in keys]
 
 
-def save_checkpoint(model, tokenizer, cfg: FusionConfig, path: str | Path, host: Host, extra: dict | None = None) -> Path:
-    """Write a checkpoint folder atomically: into a temporary sibling, then renamed into place."""
+def save_checkpoint(model, tokenizer, cfg: FusionConfig, path: str | Path, host: Host, extra: dict | None = None,
+                    write_more: Callable[[Path], None] | None = None) -> Path:
+    """Write a checkpoint folder atomically: into a temporary sibling, then renamed into place.
+
+    ``write_more(folder)`` may add files (the trainer state) before the folder is renamed.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -69,6 +73,8 @@ def save_checkpoint(model, tokenizer, cfg: FusionConfig, path: str | Path, host:
         save_file(trained_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(cfg.to_json(), encoding="utf-8")
         tokenizer.save_pretrained(str(tmp))
+        if write_more is not None:
+            write_more(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest(model, cfg, host, extra), indent=2), encoding="utf-8")
         _fsync_dir(tmp)
         if path.exists():

@@ -139,25 +139,97 @@ class DataConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters (peft) instead of full fine-tuning of the decoder (and optionally encoders)."""
+
+    enabled: bool = help_field(False, help="train LoRA adapters on the decoder instead of its weights")
+    r: int = help_field(8, help="adapter rank")
+    alpha: int = help_field(16, help="adapter scaling (lora_alpha)")
+    dropout: float = help_field(0.05, help="dropout on the adapter input")
+    target_modules: list[str] = help_field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "c_attn", "c_proj"],
+        help="names of the decoder's linear layers to adapt (those present are used)")
+    encoders: list[str] = help_field(default_factory=list,
+                                     help="modalities whose encoders also get adapters (their Linear/Conv layers)")
+
+    def __post_init__(self):
+        check_range("training.lora.r", self.r, 1)
+        check_range("training.lora.alpha", self.alpha, 1)
+        check_range("training.lora.dropout", self.dropout, 0.0, 1.0)
+
+
+METRICS = ("loss", "accuracy", "macro_f1", "exact_match", "bleu", "cider_d")
+
+
+@dataclass
 class TrainingConfig:
     """Optimisation, evaluation and checkpointing."""
 
     epochs: float = help_field(3.0, help="passes over the training data")
-    batch_size: int = help_field(16, help="examples per step (per process)")
+    max_steps: int | None = help_field(None, help="stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = help_field(16, help="examples per step per process (global batch = this x processes)")
+    grad_accum: int = help_field(1, help="accumulate gradients over this many batches per optimizer step")
     lr: float = help_field(1e-4, help="peak learning rate (AdamW)")
-    weight_decay: float = help_field(0.01, help="AdamW weight decay (not applied to norms and biases)")
+    lr_fusion: float | None = help_field(None, help="learning rate of the fusion module; default: lr")
+    lr_head: float | None = help_field(None, help="learning rate of the classification head; default: lr")
+    weight_decay: float = help_field(0.01, help="AdamW weight decay (not applied to norms, biases, embeddings)")
+    betas: list[float] = help_field(default_factory=lambda: [0.9, 0.999], help="AdamW betas")
     warmup_ratio: float = help_field(0.05, help="share of steps spent warming the learning rate up")
     scheduler: str = help_field("cosine", choices=("cosine", "linear", "constant"),
                                 help="learning-rate decay after warm-up")
+    max_grad_norm: float | None = help_field(1.0, help="clip the gradient norm to this (empty = no clipping)")
+    dropout: float | None = help_field(None, help="set the decoder's dropout probabilities to this")
+    freeze: list[str] = help_field(default_factory=list,
+                                   help="parts to keep fixed, by name: fusion, fusion.projectors.image, "
+                                        "fusion.joint, head, ... (encoders and decoder have their own freeze)")
+    lora: LoraConfig = help_field(default_factory=LoraConfig, help="LoRA adapters (peft)")
+    eval_every: int | None = help_field(None, help="evaluate every N optimizer steps (default: each epoch)")
+    save_every: int | None = help_field(None, help="write a resumable checkpoint every N steps "
+                                                   "(default: at each evaluation)")
+    keep_checkpoints: int = help_field(2, help="resumable checkpoints to keep (the newest)")
+    metric: str = help_field("auto", choices=("auto",) + METRICS,
+                             help="validation metric for early stopping and the best checkpoint; "
+                                  "auto: accuracy for classification, loss otherwise")
+    patience: int | None = help_field(None, help="stop after this many evaluations without improvement")
+    eval_generate: int = help_field(64, help="generation tasks: validation examples to generate answers "
+                                             "for at each evaluation (0 = loss only)")
+    feature_cache: bool = help_field(True, help="compute the features of frozen encoders once and reuse them")
+    group_by_length: bool = help_field(True, help="batch examples of similar length (less padding)")
+    gradient_checkpointing: bool = help_field(False, help="recompute decoder activations in the backward "
+                                                          "pass to save memory")
+    compile: bool = help_field(False, help="torch.compile the decoder")
+    strategy: str = help_field("ddp", choices=("ddp", "fsdp"),
+                               help="multi-process training: ddp (replicate) or fsdp (shard the decoder)")
     seed: int = help_field(0, help="random seed")
+    log_every: int = help_field(10, help="log the training loss every N steps")
 
     def __post_init__(self):
         check_range("training.epochs", self.epochs, 0.0, lo_open=True)
+        if self.max_steps is not None:
+            check_range("training.max_steps", self.max_steps, 1)
         check_range("training.batch_size", self.batch_size, 1)
+        check_range("training.grad_accum", self.grad_accum, 1)
         check_range("training.lr", self.lr, 0.0, lo_open=True)
+        for name in ("lr_fusion", "lr_head"):
+            if getattr(self, name) is not None:
+                check_range(f"training.{name}", getattr(self, name), 0.0, lo_open=True)
         check_range("training.weight_decay", self.weight_decay, 0.0)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"training.betas={self.betas!r} must be two numbers in [0, 1)")
         check_range("training.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         check_choice("training.scheduler", self.scheduler, ("cosine", "linear", "constant"))
+        if self.max_grad_norm is not None:
+            check_range("training.max_grad_norm", self.max_grad_norm, 0.0, lo_open=True)
+        if self.dropout is not None:
+            check_range("training.dropout", self.dropout, 0.0, 1.0)
+        for name in ("eval_every", "save_every", "patience"):
+            if getattr(self, name) is not None:
+                check_range(f"training.{name}", getattr(self, name), 1)
+        check_range("training.keep_checkpoints", self.keep_checkpoints, 1)
+        check_choice("training.metric", self.metric, ("auto",) + METRICS)
+        check_range("training.eval_generate", self.eval_generate, 0)
+        check_choice("training.strategy", self.strategy, ("ddp", "fsdp"))
+        check_range("training.log_every", self.log_every, 1)
 
 
 @dataclass

@@ -132,7 +132,7 @@ def pad_sequences(seqs: Sequence[torch.Tensor], pad_value: float = 0.0) -> tuple
     """Right-pad (T_i, ...) tensors to (B, T_max, ...) and return them with a (B, T_max) bool mask."""
     t_max = max(s.shape[0] for s in seqs)
     out = seqs[0].new_full((len(seqs), t_max, *seqs[0].shape[1:]), pad_value)
-    mask = torch.zeros(len(seqs), t_max, dtype=torch.bool)
+    mask = torch.zeros(len(seqs), t_max, dtype=torch.bool, device=seqs[0].device)
     for i, s in enumerate(seqs):
         out[i, : s.shape[0]] = s
         mask[i, : s.shape[0]] = True

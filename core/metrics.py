@@ -143,8 +143,8 @@ def _cider_counts(text: str, n: int) -> tuple[Counter, int]:
     counts = Counter()
     for k in range(1, n + 1):
         counts.update(_ngrams(tokens, k))
-    # coco-caption counts bigrams, not words, for the length penalty; kept so scores match it.
-    return counts, max(len(tokens) - 1, 0)
+    # coco-caption measures length in bigrams (words - 1): the same delta whenever both have words.
+    return counts, len(tokens)
 
 
 def cider_d(references: References, predictions: Sequence[str], n: int = 4, sigma: float = 6.0) -> float:

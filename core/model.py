@@ -17,6 +17,7 @@ from torch import nn
 from core.config import FusionConfig
 from core.encoders import EncoderOutput
 from core.errors import ConfigError
+from core.feature_cache import FeatureCache
 from core.hf import quiet_transformers
 from core.host import Host
 from fusion import FusionModule, IGNORE_INDEX, expand_placeholders, make_layout, splice, token_counts
@@ -44,6 +45,10 @@ class Batch:
     item_modalities: list[list[str]] = field(default_factory=list)
     class_labels: torch.Tensor | None = None
     padding_side: str = "right"
+    # Modalities served by a feature cache: every item's content key. media[m] then holds only
+    # the items missing from the cache (media_missing[m] lists their positions).
+    media_keys: dict[str, list[str]] = field(default_factory=dict)
+    media_missing: dict[str, list[int]] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "Batch":
         def move(t):
@@ -53,7 +58,7 @@ class Batch:
             input_ids=move(self.input_ids), attention_mask=move(self.attention_mask), labels=move(self.labels),
             media={m: {k: v.to(device) for k, v in d.items()} for m, d in self.media.items()},
             item_modalities=self.item_modalities, class_labels=move(self.class_labels),
-            padding_side=self.padding_side,
+            padding_side=self.padding_side, media_keys=self.media_keys, media_missing=self.media_missing,
         )
 
 
@@ -147,6 +152,8 @@ class MultimodalModel(nn.Module):
             for m, e in cfg.encoders.items()
         })
         self.decoder = build_decoder(cfg, len(tokenizer))
+        if cfg.training.dropout is not None:
+            set_dropout(self.decoder, cfg.training.dropout)
         hidden = int(self.decoder.get_input_embeddings().weight.shape[1])
         self.hidden_size = hidden
         self.fusion = FusionModule(
@@ -156,22 +163,49 @@ class MultimodalModel(nn.Module):
         self.placeholder_ids = {m: tokenizer.convert_tokens_to_ids(placeholder_token(m)) for m in cfg.encoders}
         self.pad_token_id = tokenizer.pad_token_id
         self.head = nn.Linear(hidden, len(cfg.task.labels)) if cfg.task.kind == "classification" else None
+        self.feature_cache: FeatureCache | None = None
+        if cfg.training.lora.enabled:
+            apply_lora(self, cfg.training.lora)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Encoders and decoder marked ``freeze`` in the config: kept in eval mode while training."""
+        mods = [self.encoders[m] for m, e in self.cfg.encoders.items() if e.freeze]
+        if self.cfg.decoder.freeze:
+            mods.append(self.decoder)
+        return mods
+
+    def train(self, mode: bool = True) -> "MultimodalModel":
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()  # fixed batch-norm statistics and no dropout: features are reproducible
+        return self
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def encode_media(self, media: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, EncoderOutput]:
-        """Run each modality's encoder over its preprocessed items."""
-        return {m: self.encoders[m](**tensors) for m, tensors in media.items()}
+    def encode_media(self, batch: Batch) -> dict[str, EncoderOutput]:
+        """Run each modality's encoder over its preprocessed items, or take them from the feature cache."""
+        out = {}
+        for m in dict.fromkeys(x for row in batch.item_modalities for x in row):
+            if m in batch.media_keys:
+                keys = batch.media_keys[m]
+                missing = batch.media_missing.get(m, [])
+                if missing:
+                    with torch.no_grad():
+                        self.feature_cache.put([keys[i] for i in missing], self.encoders[m](**batch.media[m]))
+                out[m] = self.feature_cache.get(keys)
+            else:
+                out[m] = self.encoders[m](**batch.media[m])
+        return out
 
     def embed(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(inputs_embeds (B, L', D), attention_mask (B, L'), labels (B, L') or None, ids (B, L'))."""
         ids, mask, labels = batch.input_ids, batch.attention_mask, batch.labels
         embed_tokens = self.decoder.get_input_embeddings()
-        if not batch.media:
+        if not any(batch.item_modalities):
             return embed_tokens(ids), mask, labels, ids
-        fused = self.fusion(self.encode_media(batch.media), make_layout(batch.item_modalities))
+        fused = self.fusion(self.encode_media(batch), make_layout(batch.item_modalities))
         ids, mask, labels = expand_placeholders(ids, mask, labels, self.placeholder_ids, token_counts(fused),
                                                 pad_id=self.pad_token_id, padding_side=batch.padding_side)
         embeds = splice(embed_tokens(ids), ids, self.placeholder_ids, fused)  # (B, L', D)
@@ -181,7 +215,7 @@ class MultimodalModel(nn.Module):
         embeds, mask, labels, _ = self.embed(batch)
         if self.head is not None:
             # The base model, without the LM head: no (B, L', vocab) logits to compute.
-            hidden = self.decoder.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, L', D)
+            hidden = unwrap_peft(self.decoder).base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
             logits = self.head(pool(hidden, mask, self.cfg.task.pooling).to(self.head.weight.dtype))  # (B, C)
             loss = None
             if batch.class_labels is not None:
@@ -192,6 +226,48 @@ class MultimodalModel(nn.Module):
         if labels is not None:
             loss = causal_lm_loss(logits, labels)
         return ModelOutput(loss, logits, embeds, mask)
+
+
+def unwrap_peft(module: nn.Module) -> nn.Module:
+    """The model inside a peft wrapper (its LoRA layers stay active), or the module itself."""
+    return module.get_base_model() if hasattr(module, "get_base_model") else module
+
+
+def set_dropout(decoder: nn.Module, p: float) -> None:
+    """Set every dropout probability of a Hugging Face decoder (layers and attention) to ``p``."""
+    for module in decoder.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+    for name in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if hasattr(decoder.config, name):
+            setattr(decoder.config, name, p)
+
+
+def apply_lora(model: "MultimodalModel", lora) -> None:
+    """Wrap the decoder (and the chosen encoders) with peft LoRA adapters; base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.decoder.named_modules()}
+    targets = [t for t in lora.target_modules if t in names]
+    if not targets:
+        raise ConfigError(f"training.lora.target_modules={lora.target_modules} match no layer of the decoder; "
+                          f"its layer names include {sorted(names)[:12]}")
+    peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                          fan_in_fan_out=model.decoder.config.model_type == "gpt2")
+    model.decoder = get_peft_model(model.decoder, peft_cfg)
+    for m in lora.encoders:
+        if m not in model.encoders:
+            raise ConfigError(f"training.lora.encoders names {m!r}, which is not a configured modality")
+        enc = model.encoders[m]
+        layers = [n for n, mod in enc.named_modules() if isinstance(mod, (nn.Linear, nn.Conv2d)) and n]
+        enc_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=layers)
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(enc_cfg, enc)
+        for n, p in enc.named_parameters():
+            p.requires_grad = "lora_" in n
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 
 from core.encoders import Encoder
 from core.errors import ConfigError, UnsupportedInputError
+from core.feature_cache import FeatureCache, content_key
 from core.media import Media
 from core.model import Batch, placeholder_token
 from fusion import IGNORE_INDEX
@@ -179,8 +180,12 @@ class Processor:
 
     # -- batching ----------------------------------------------------------------------------
 
-    def collate(self, examples: Sequence[Encoded], padding_side: str = "right") -> Batch:
-        """Pad token ids and preprocess every modality's items of the batch in one call per encoder."""
+    def collate(self, examples: Sequence[Encoded], padding_side: str = "right",
+                cache: FeatureCache | None = None) -> Batch:
+        """Pad token ids and preprocess every modality's items of the batch in one call per encoder.
+
+        With a feature cache, items of its modalities already in the cache are not preprocessed.
+        """
         pad = self.tokenizer.pad_token_id
         length = max(len(e.input_ids) for e in examples)
         ids = torch.full((len(examples), length), pad, dtype=torch.long)
@@ -194,12 +199,24 @@ class Processor:
             mask[b, sl] = 1
             if labels is not None:
                 labels[b, sl] = torch.tensor(e.labels)
-        media = {}
+        media, keys, missing = {}, {}, {}
         for m in self.modalities:
             items = [x for e in examples for x in e.items.get(m, [])]
-            if items:
+            if not items:
+                continue
+            if cache is not None and m in cache.modalities:
+                keys[m] = [content_key(m, x) for x in items]
+                first = {}  # a new item that appears twice in the batch is encoded once
+                for i, k in enumerate(keys[m]):
+                    if k not in cache and k not in first:
+                        first[k] = i
+                missing[m] = list(first.values())
+                if missing[m]:
+                    media[m] = self.encoders[m].preprocess([items[i] for i in missing[m]])
+            else:
                 media[m] = self.encoders[m].preprocess(items)
         class_labels = None
         if all(e.class_label is not None for e in examples):
             class_labels = torch.tensor([e.class_label for e in examples], dtype=torch.long)
-        return Batch(ids, mask, labels, media, [e.item_modalities for e in examples], class_labels, padding_side)
+        return Batch(ids, mask, labels, media, [e.item_modalities for e in examples], class_labels, padding_side,
+                     keys, missing)

@@ -195,7 +195,7 @@ def test_parity_with_transformers_llava(host, images):
     batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)])
     with torch.no_grad():
         ours = model(batch).logits
-        feats = model.encode_media(batch.media)["image"].features  # (1, T, D_enc)
+        feats = model.encode_media(batch)["image"].features  # (1, T, D_enc)
         _, _, _, ids = model.embed(batch)
 
     dec = model.decoder.config

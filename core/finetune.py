@@ -1,0 +1,527 @@
+"""``core.finetune(cfg)``: fine-tune a fused model on a task, from one CPU to many GPUs.
+
+    res = core.finetune("examples/configs/sst2_sentiment.yaml")
+    res.metrics["test"]                     # the test report
+    core.Assistant.from_pretrained(res.output_dir)
+
+Across processes, run the same through torchrun (or ``accelerate launch``)::
+
+    torchrun --nproc_per_node=2 -m core.finetune examples/configs/sst2_sentiment.yaml
+
+Each step takes one global batch of ``training.batch_size x processes`` examples, split between the
+processes, so a run gives the same result whatever the number of processes (up to float error).
+
+The run folder holds the final model (loadable by ``Assistant.from_pretrained``), ``best/``,
+``checkpoints/step-N/`` (resumable: model + optimizer, scheduler, RNG and data position) and
+``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.assistant import Assistant, autocast, resolve_dtype
+from core.callbacks import TrainerCallback, TrainerControl, TrainerState
+from core.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from core.config import FusionConfig
+from core.data import Example, load_splits
+from core.errors import ConfigError, DataFormatError, MMAssistError
+from core.feature_cache import FeatureCache
+from core.host import Host
+from core.media import Media
+from core.metrics import classification_report, text_report
+from core.model import MultimodalModel, build_tokenizer_for, placeholder_token
+from core.processor import Encoded, Processor
+from core.train_state import load_train_state, save_train_state
+
+LOWER_IS_BETTER = {"loss"}
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tune produced: the model folder, the final metrics and the whole log."""
+
+    output_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+# -- distributed ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the process group that torchrun / accelerate set up through the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return Dist(dist.get_rank(), dist.get_world_size(), local)
+
+
+def _barrier(d: Dist) -> None:
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def encode_example(ex: Example, processor: Processor, cfg: FusionConfig, *, for_training: bool) -> Encoded:
+    """A dataset example -> token ids (labels on the answer) and media, with the file:line on errors."""
+    try:
+        if cfg.task.kind == "classification":
+            conv = classification_conversation(processor, cfg, ex)
+            return processor.encode(conv, add_generation_prompt=True, class_label=cfg.task.labels.index(ex.label))
+        media: dict[str, list[Any]] = {}
+        for modality, path in ex.media:
+            media.setdefault(modality, []).append(Media.of(path))
+        messages = list(ex.messages)
+        if not for_training:  # the prompt only: everything before the last answer
+            messages = messages[: max(i for i, m in enumerate(messages) if m["role"] == "assistant")]
+        conv = processor.conversation(messages, media)
+        return processor.encode(conv, add_generation_prompt=not for_training, with_labels=for_training)
+    except MMAssistError as e:
+        if isinstance(e, DataFormatError):
+            raise
+        path, _, line = ex.source.rpartition(":")
+        raise DataFormatError(str(e), path=path or ex.source, line=int(line) if line.isdigit() else None) from None
+
+
+def classification_conversation(processor: Processor, cfg: FusionConfig, ex: Example):
+    """task.prompt with the input in it: through the text encoder if there is one, else inline."""
+    prompt = cfg.task.prompt
+    if ex.text is not None and "text" not in cfg.encoders:
+        return processor.conversation(f"{prompt}\n{ex.text}" if prompt else ex.text)
+    modality, item = ("text", ex.text) if ex.text is not None else ex.media[0]
+    tag = placeholder_token(modality)
+    text = prompt if tag in prompt else (f"{tag}\n{prompt}" if prompt else tag)
+    return processor.conversation(text, {modality: [Media.of(item) if ex.text is None else item]})
+
+
+def reference_answer(ex: Example) -> str:
+    return next(m["content"] for m in reversed(ex.messages) if m["role"] == "assistant")
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_by_length: bool,
+                  world: int = 1) -> list[list[int]]:
+    """The global batches of one epoch: shuffled with (seed, epoch), so a resumed run sees the same.
+
+    With ``group_by_length``, examples of similar length share a batch (sorted within chunks of 50
+    batches, then the batches shuffled) to waste little padding.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths)).tolist()
+    if group_by_length:
+        chunk = batch_size * 50
+        order = [i for s in range(0, len(order), chunk)
+                 for i in sorted(order[s: s + chunk], key=lambda i: -lengths[i])]
+    batches = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
+    if world > 1 and batches and len(batches[-1]) < world:
+        batches.pop()  # every process needs at least one example
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+# -- optimisation ---------------------------------------------------------------------------
+
+
+def apply_freezing(model: MultimodalModel, cfg: FusionConfig) -> None:
+    """requires_grad=False on frozen encoders, a frozen decoder and the parts named in training.freeze."""
+    for m, enc in cfg.encoders.items():
+        if enc.freeze:
+            for n, p in model.encoders[m].named_parameters():
+                p.requires_grad = "lora_" in n
+    if cfg.decoder.freeze:
+        for n, p in model.decoder.named_parameters():
+            p.requires_grad = "lora_" in n
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in cfg.training.freeze:
+        hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            parts = sorted({".".join(n.split(".")[:3]) for n in names if n.startswith(("fusion", "head"))})
+            raise ConfigError(f"training.freeze: {prefix!r} names no part of the model; parts include "
+                              f"{', '.join(parts)}")
+        for n, p in model.named_parameters():
+            if n in hits:
+                p.requires_grad = False
+
+
+def param_groups(model: MultimodalModel, cfg: FusionConfig) -> list[dict[str, Any]]:
+    """AdamW groups: a learning rate per component, and no weight decay on norms and biases (1-D)."""
+    t = cfg.training
+    lrs = {f"encoders.{m}.": e.lr or t.lr for m, e in cfg.encoders.items()}
+    lrs.update({"decoder.": cfg.decoder.lr or t.lr, "fusion.": t.lr_fusion or t.lr, "head.": t.lr_head or t.lr})
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lr = next((v for k, v in lrs.items() if name.startswith(k)), t.lr)
+        groups.setdefault((lr, p.ndim >= 2), []).append(p)
+    if not groups:
+        raise ConfigError("nothing to train: every part of the model is frozen")
+    return [{"params": ps, "lr": lr, "weight_decay": t.weight_decay if decay else 0.0}
+            for (lr, decay), ps in groups.items()]
+
+
+def lr_lambda(kind: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+
+    return f
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+class _Run:
+    """One fine-tune: everything ``finetune`` sets up, and the loop over it."""
+
+    def __init__(self, cfg: FusionConfig, output_dir: Path, callbacks: Sequence[TrainerCallback],
+                 resume_from: Path | None, host: Host):
+        self.cfg, self.out, self.callbacks, self.host = cfg, output_dir, list(callbacks), host
+        self.dist = init_distributed()
+        t = cfg.training
+        seed_everything(t.seed)
+        self.device = torch.device(f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu")
+        self.dtype = resolve_dtype(None, self.device)
+        self.tokenizer = build_tokenizer_for(cfg)
+        self.model = MultimodalModel(cfg, host, self.tokenizer)
+        if resume_from is not None:
+            load_weights(self.model, resume_from)
+        apply_freezing(self.model, cfg)
+        if t.feature_cache:
+            cached = [m for m, e in cfg.encoders.items() if e.freeze and m not in t.lora.encoders]
+            self.model.feature_cache = FeatureCache(cached) if cached else None
+        if t.gradient_checkpointing:
+            self.model.decoder.gradient_checkpointing_enable()
+        self.model.to(self.device)
+        if t.compile:
+            self.model.decoder.compile()
+        self.processor = Processor(self.tokenizer, self.model.encoders, cfg.decoder.max_length, cfg.task.system_prompt)
+        self.splits = load_splits(cfg.data, cfg.task)
+        if not self.splits["train"]:
+            raise DataFormatError("no training examples", path=cfg.data.train)
+        self.train = [encode_example(e, self.processor, cfg, for_training=True) for e in self.splits["train"]]
+        self.wrapped = self._wrap(self.model)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg), betas=tuple(t.betas),
+                                           fused=self.device.type == "cuda")
+        lengths = [len(e.input_ids) for e in self.train]
+        self.global_batch = t.batch_size * self.dist.world
+        self.batches_per_epoch = len(epoch_batches(lengths, self.global_batch, t.seed, 0, False, self.dist.world))
+        self.lengths = lengths
+        steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / t.grad_accum))
+        self.max_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+        self.eval_every = t.eval_every or steps_per_epoch
+        self.save_every = t.save_every or self.eval_every
+        warmup = int(t.warmup_ratio * self.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t.scheduler, warmup, self.max_steps))
+        self.metric = t.metric if t.metric != "auto" else ("accuracy" if cfg.task.kind == "classification" else "loss")
+        self.state = TrainerState(max_steps=self.max_steps, metric_name=self.metric, is_main_process=self.dist.main)
+        self.control = TrainerControl()
+        self.position = {"epoch": 0, "batch": 0}
+        self.bad_evals = 0
+        if resume_from is not None:
+            loop = load_train_state(resume_from, self.optimizer, self.scheduler)
+            self.position = {"epoch": loop["epoch"], "batch": loop["batch"]}
+            self.state.step = loop["step"]
+            self.state.best_metric, self.state.best_step = loop["best_metric"], loop["best_step"]
+            self.state.history = loop["history"]
+            self.bad_evals = loop["bad_evals"]
+        self._evaluator: Assistant | None = None
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.dist.world == 1:
+            return model
+        if self.cfg.training.strategy == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in _decoder_layers(model.decoder):
+                fully_shard(layer)
+            fully_shard(model.decoder)
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                       find_unused_parameters=len(self.cfg.encoders) > 1)
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def log(self, record: dict[str, Any]) -> None:
+        record = {"step": self.state.step, "epoch": round(self.state.epoch, 4), **record,
+                  "time": round(time.time() - self.state.started, 2)}
+        self.state.history.append(record)
+        if self.dist.main:
+            with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def emit(self, event: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self.state, self.control, *args)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> FinetuneResult:
+        t = self.cfg.training
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.emit("on_train_begin")
+        self.model.train()
+        accum, loss_sum, loss_n = 0, 0.0, 0
+        epoch, start_batch = self.position["epoch"], self.position["batch"]
+        while self.state.step < self.max_steps and not self.control.should_stop:
+            batches = epoch_batches(self.lengths, self.global_batch, t.seed, epoch, t.group_by_length, self.dist.world)
+            for bi in range(start_batch, len(batches)):
+                shard = batches[bi][self.dist.rank:: self.dist.world]
+                batch = self.processor.collate([self.train[i] for i in shard], cache=self.model.feature_cache)
+                sync = accum + 1 == t.grad_accum
+                ctx = self.wrapped.no_sync() if (not sync and hasattr(self.wrapped, "no_sync")) else _null()
+                with ctx, autocast(self.device, self.dtype):
+                    loss = self.wrapped(batch.to(self.device)).loss
+                    (loss / t.grad_accum).backward()
+                loss_sum, loss_n, accum = loss_sum + float(loss.detach()), loss_n + 1, accum + 1
+                if not sync:
+                    continue
+                accum = 0
+                if t.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for g in self.optimizer.param_groups for p in g["params"]], t.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state.step += 1
+                self.state.epoch = epoch + (bi + 1) / len(batches)
+                self.state.loss = _mean_across(loss_sum / loss_n, self.dist)
+                self.state.lr = self.scheduler.get_last_lr()[0]
+                loss_sum, loss_n = 0.0, 0
+                if self.state.step % t.log_every == 0 or self.state.step == self.max_steps:
+                    self.log({"split": "train", "loss": self.state.loss, "lr": self.state.lr})
+                self.emit("on_step_end")
+                position = {"epoch": epoch, "batch": bi + 1}
+                if self.state.step % self.eval_every == 0 or self.state.step == self.max_steps:
+                    self.evaluate_and_track()
+                if self.state.step % self.save_every == 0 or self.state.step == self.max_steps:
+                    self.save_resumable(position)
+                if self.state.step >= self.max_steps or self.control.should_stop:
+                    break
+            epoch, start_batch = epoch + 1, 0
+        return self.finish()
+
+    def evaluate_and_track(self) -> None:
+        if not self.splits["validation"]:
+            return
+        metrics = self.evaluate("validation")
+        value = metrics[self.metric]
+        better = self.state.best_metric is None or (
+            value < self.state.best_metric if self.metric in LOWER_IS_BETTER else value > self.state.best_metric)
+        if better:
+            self.state.best_metric, self.state.best_step = value, self.state.step
+            self.bad_evals = 0
+            self.save_model(self.out / "best")
+        else:
+            self.bad_evals += 1
+            if self.cfg.training.patience is not None and self.bad_evals >= self.cfg.training.patience:
+                self.control.should_stop = True
+                self.log({"split": "train", "event": "early_stop", "best_step": self.state.best_step})
+        self.emit("on_evaluate", metrics)
+        self.model.train()
+
+    @torch.no_grad()
+    def evaluate(self, split: str, generate_limit: int | None = None) -> dict[str, Any]:
+        """Loss and task metrics on a split, computed the same way on every process."""
+        cfg = self.cfg
+        examples = self.splits[split]
+        model = self.model.eval()
+        total, weight = 0.0, 0
+        preds: list[str] = []
+        encoded = [encode_example(e, self.processor, cfg, for_training=True) for e in examples]
+        bs = cfg.training.batch_size
+        for s in range(0, len(encoded), bs):
+            batch = self.processor.collate(encoded[s: s + bs], cache=model.feature_cache).to(self.device)
+            with autocast(self.device, self.dtype):
+                out = model(batch)
+            if cfg.task.kind == "classification":
+                n = len(batch.input_ids)
+                preds += [cfg.task.labels[i] for i in out.logits.argmax(-1).tolist()]
+            else:
+                n = int((batch.labels[:, 1:] != -100).sum())
+            total, weight = total + float(out.loss) * n, weight + n
+        metrics: dict[str, Any] = {"loss": total / max(weight, 1)}
+        if cfg.task.kind == "classification":
+            metrics.update(classification_report([e.label for e in examples], preds, cfg.task.labels))
+        else:
+            limit = cfg.training.eval_generate if generate_limit is None else generate_limit
+            chosen = examples[:limit]
+            if chosen:
+                answers = self.generate_answers(chosen)
+                metrics.update(text_report([reference_answer(e) for e in chosen], answers))
+        self.log({"split": split, **{k: v for k, v in metrics.items() if k != "per_class"},
+                  **({"per_class": metrics["per_class"]} if "per_class" in metrics else {})})
+        return metrics
+
+    def generate_answers(self, examples: Sequence[Example]) -> list[str]:
+        if self._evaluator is None:
+            self._evaluator = Assistant(self.model, self.tokenizer, self.cfg, self.host, device=self.device)
+        asst = self._evaluator
+        gen = dataclasses.replace(self.cfg.generation, temperature=0.0)
+        encoded = [encode_example(e, self.processor, self.cfg, for_training=False) for e in examples]
+        out = []
+        for s in range(0, len(encoded), self.cfg.training.batch_size):
+            out += asst._generate_batch(encoded[s: s + self.cfg.training.batch_size], gen)
+        return out
+
+    def save_model(self, path: Path) -> None:
+        if self.dist.main:
+            save_checkpoint(self.model, self.tokenizer, self.cfg, path, self.host)
+            self.emit("on_save", str(path))
+        _barrier(self.dist)
+
+    def save_resumable(self, position: dict[str, int]) -> None:
+        """checkpoints/step-N: the model and everything needed to continue exactly from here."""
+        folder = self.out / "checkpoints" / f"step-{self.state.step:06d}"
+        loop = {**position, "step": self.state.step, "best_metric": self.state.best_metric,
+                "best_step": self.state.best_step, "history": self.state.history, "bad_evals": self.bad_evals}
+        if self.dist.main:
+            save_checkpoint(self.model, self.tokenizer, self.cfg, folder, self.host,
+                            write_more=lambda tmp: save_train_state(tmp, self.optimizer, self.scheduler, loop))
+            old = sorted((self.out / "checkpoints").glob("step-*"))[: -self.cfg.training.keep_checkpoints]
+            for stale in old:
+                shutil.rmtree(stale, ignore_errors=True)
+            self.emit("on_save", str(folder))
+        _barrier(self.dist)
+
+    def finish(self) -> FinetuneResult:
+        best = self.out / "best"
+        if best.is_dir() and self.state.best_step != self.state.step:
+            load_weights(self.model, best)
+        metrics: dict[str, Any] = {"train_loss": self.state.loss, "steps": self.state.step,
+                                   "best_step": self.state.best_step, self.metric + "_best": self.state.best_metric}
+        if self.splits["validation"]:
+            metrics["validation"] = self.evaluate("validation")
+        if self.splits["test"]:
+            metrics["test"] = self.evaluate("test", generate_limit=len(self.splits["test"]))
+        if self.dist.main:
+            publish_model(self.model, self.tokenizer, self.cfg, self.out, self.host)
+            (self.out / "final_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        _barrier(self.dist)
+        self.emit("on_train_end")
+        return FinetuneResult(self.out, metrics, self.state.history)
+
+
+def publish_model(model, tokenizer, cfg, out: Path, host: Host) -> None:
+    """Write the final model's files into the run folder itself, each file replaced atomically."""
+    staged = save_checkpoint(model, tokenizer, cfg, out / ".final", host)
+    files = sorted(staged.iterdir(), key=lambda p: p.name == "manifest.json")  # the manifest last
+    for f in files:
+        os.replace(f, out / f.name)
+    shutil.rmtree(staged, ignore_errors=True)
+
+
+def _decoder_layers(decoder: nn.Module) -> list[nn.Module]:
+    layers = [m for m in decoder.modules() if isinstance(m, nn.ModuleList)]
+    return list(max(layers, key=len)) if layers else []
+
+
+def _mean_across(value: float, d: Dist) -> float:
+    if d.world == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0]) / d.world
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def finetune(cfg: FusionConfig | dict | str | Path, *, output_dir: str | Path | None = None,
+             callbacks: Iterable[TrainerCallback] = (), resume_from: str | Path | None = None,
+             host: Host | None = None, **overrides: Any) -> FinetuneResult:
+    """Fine-tune the model a config describes on its data, evaluate it and save it.
+
+    :param cfg: a FusionConfig, a dict or the path of a YAML/JSON config.
+    :param output_dir: the run folder (default: ``runs/<task>-<time>``).
+    :param callbacks: :class:`core.callbacks.TrainerCallback` objects to watch or stop the run.
+    :param resume_from: a ``checkpoints/step-N`` folder of an earlier run to continue from.
+    :param overrides: config fields to replace, by dotted name: ``**{"training.lr": 1e-3}``.
+    :return: :class:`FinetuneResult` with the run folder (a loadable model), metrics and history.
+    """
+    cfg = FusionConfig.coerce(cfg)
+    if overrides:
+        cfg = cfg.override(**overrides)
+    host = host or Host()
+    if resume_from is not None:
+        resume_from = Path(resume_from)
+        saved, _ = read_checkpoint(resume_from, host)
+        if saved.to_dict() != cfg.to_dict():
+            raise ConfigError(f"{resume_from} was written with a different config; resume with the same one")
+        if not (resume_from / "trainer_state.json").is_file():
+            raise ConfigError(f"{resume_from} holds a model but no trainer state; resume from checkpoints/step-N")
+    out = Path(output_dir) if output_dir is not None else \
+        Path("runs") / f"{cfg.task.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = _Run(cfg, out, callbacks, resume_from, host)
+    try:
+        return run.run()
+    except BaseException as e:
+        run.emit("on_exception", e)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m core.finetune CFG`` (also under torchrun): the same as ``mmassist finetune``."""
+    from core.cli import main as cli_main
+
+    return cli_main(["finetune", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

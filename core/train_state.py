@@ -1,0 +1,85 @@
+"""Resumable training state without pickle: tensors in safetensors, everything else in JSON.
+
+Saved beside a checkpoint's model files: the optimizer state (per-parameter moments), the
+scheduler's counters, the torch / CUDA / Python / NumPy random states and the loop's position.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+TENSORS = "trainer_state.safetensors"
+META = "trainer_state.json"
+
+
+def save_train_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler, loop: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()
+    tensors["rng.numpy.keys"] = torch.from_numpy(np_state[1].astype(np.int64))
+    save_file(tensors, str(folder / TENSORS))
+    meta = {
+        "param_groups": opt["param_groups"],
+        "optimizer_scalars": scalars,
+        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+        "rng_python": _jsonable(random.getstate()),
+        "rng_numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "loop": loop,
+    }
+    (folder / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def load_train_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler) -> dict[str, Any]:
+    """Restore optimizer, scheduler and random states; return the loop position dict."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / TENSORS))
+    meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for pid, scalars in meta["optimizer_scalars"].items():
+        state.setdefault(int(pid), {}).update(scalars)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    random.setstate(_tuples(meta["rng_python"]))
+    kind, pos, has_gauss, gauss = meta["rng_numpy"]
+    np.random.set_state((kind, tensors["rng.numpy.keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    return meta["loop"]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return {"tuple": [_jsonable(v) for v in value]}
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, dict) and "tuple" in value:
+        return tuple(_tuples(v) for v in value["tuple"])
+    return value
