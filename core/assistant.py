@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -18,6 +19,18 @@ from core.model import MultimodalModel, build_tokenizer_for, placeholder_token
 from core.processor import Processor
 
 DEFAULT_CAPTION_PROMPT = "Describe this {modality}."
+
+
+def merge_lora_layers(module: torch.nn.Module) -> None:
+    """Merge every peft LoRA layer inside ``module`` into its base layer, and put the base layer back."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, child in list(module.named_modules()):
+        if isinstance(child, LoraLayer):
+            child.merge()
+            parent_name, _, attr = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            setattr(parent, attr, child.get_base_layer())
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -92,6 +105,28 @@ class Assistant:
         model = MultimodalModel(cfg, host, tokenizer)
         load_weights(model, path)
         return cls(model, tokenizer, cfg, host, device=device, dtype=dtype)
+
+    def merged(self) -> "Assistant":
+        """This model with its LoRA adapters merged into the weights: a plain model, the same outputs.
+
+        Save the result with :meth:`save_pretrained` to export a checkpoint that needs no peft.
+        """
+        lora = self.cfg.training.lora
+        if not lora.enabled:
+            return self
+        model = copy.deepcopy(self.model)
+        model.decoder = model.decoder.merge_and_unload()
+        for m in lora.encoders:
+            merge_lora_layers(model.encoders[m])
+        cfg = dataclasses.replace(
+            self.cfg,
+            decoder=dataclasses.replace(self.cfg.decoder, freeze=False),
+            encoders={m: dataclasses.replace(e, freeze=e.freeze and m not in lora.encoders)
+                      for m, e in self.cfg.encoders.items()},
+            training=dataclasses.replace(self.cfg.training, lora=dataclasses.replace(lora, enabled=False, encoders=[])),
+        )
+        model.cfg = cfg
+        return Assistant(model, self.tokenizer, cfg, self.host, device=self.device, dtype=self.dtype)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write config.json, model.safetensors, the tokenizer and manifest.json to ``path``."""

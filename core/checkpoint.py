@@ -28,14 +28,16 @@ MANIFEST = "manifest.json"
 
 
 def referenced_prefixes(model) -> dict[str, str]:
-    """State-dict prefixes of frozen parts whose weights come from a named source -> that source."""
+    """State-dict prefixes of parts whose base weights stay as loaded from a named source -> that
+    source: frozen pretrained parts, and pretrained parts trained through LoRA adapters only."""
     cfg = model.cfg
+    lora = cfg.training.lora
     out = {}
     for m, enc_cfg in cfg.encoders.items():
         source = model.encoders[m].pretrained_source
-        if enc_cfg.freeze and source:
+        if source and (enc_cfg.freeze or (lora.enabled and m in lora.encoders)):
             out[f"encoders.{m}."] = source
-    if cfg.decoder.freeze and cfg.decoder.path:  # new token rows are deterministic: see model.py
+    if cfg.decoder.path and (cfg.decoder.freeze or lora.enabled):  # new token rows are deterministic
         out["decoder."] = cfg.decoder.path
     return out
 
@@ -46,7 +48,7 @@ def trained_state(model) -> dict[str, torch.Tensor]:
     state = {}
     seen = set()
     for name, t in list(model.named_parameters()) + _persistent_buffers(model):
-        if name.startswith(skip) or id(t) in seen:
+        if (name.startswith(skip) and "lora_" not in name) or id(t) in seen:
             continue
         seen.add(id(t))
         state[name] = t.detach().contiguous().cpu()

@@ -42,6 +42,78 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune from a config file, with a progress bar and a line of metrics per evaluation."""
+    from core.callbacks import ProgressPrinter
+    from core.config import FusionConfig
+    from core.finetune import finetune
+
+    overrides = dict(parse_assignment(a) for a in args.set)
+    res = finetune(FusionConfig.from_file(args.config), output_dir=args.output_dir, callbacks=[ProgressPrinter()],
+                   resume_from=args.resume_from, **overrides)
+    if res.metrics and int(os.environ.get("RANK", "0")) == 0:
+        summary = {k: v for k, v in res.metrics.items() if k not in ("validation", "test")}
+        for split in ("validation", "test"):
+            if split in res.metrics:
+                summary[split] = {k: v for k, v in res.metrics[split].items() if k != "per_class"}
+        print(json.dumps(summary, indent=2))
+        if "per_class" in res.metrics.get("test", {}):
+            print(format_per_class(res.metrics["test"]["per_class"]))
+        print(f"model saved in {res.output_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a saved model on a data file and print the report."""
+    from core.finetune import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=2))
+    if "per_class" in metrics:
+        print(format_per_class(metrics["per_class"]))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Answer one prompt, streaming the answer."""
+    from core.assistant import Assistant
+
+    asst = Assistant.from_pretrained(args.model)
+    for piece in asst.chat(args.prompt, images=args.image, videos=args.video, media=args.media, stream=True,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    """Caption files, one line each: path TAB caption."""
+    from core.assistant import Assistant
+
+    asst = Assistant.from_pretrained(args.model)
+    for path, caption in zip(args.files, asst.caption(list(args.files))):
+        print(f"{path}\t{caption}")
+    return 0
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    """``training.lr=1e-3`` -> ("training.lr", 0.001); values are read as YAML (numbers, lists, true)."""
+    import yaml
+
+    from core.errors import ConfigError
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: write it as section.key=value, e.g. training.lr=1e-3")
+    return key.strip(), yaml.safe_load(value)
+
+
+def format_per_class(per_class: dict[str, dict[str, float]]) -> str:
+    rows = [{"class": k, "precision": f"{v['precision']:.4f}", "recall": f"{v['recall']:.4f}", "f1": f"{v['f1']:.4f}",
+             "support": str(v["support"])} for k, v in per_class.items()]
+    return format_table(rows, ("class", "precision", "recall", "f1", "support"))
+
+
 def format_table(rows: list[dict[str, str]], cols: Sequence[str]) -> str:
     """A plain-text table with a header line, columns as wide as their widest cell."""
     widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols}
@@ -56,6 +128,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list the loaded encoders and any plugin that failed to load")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("finetune", help="fine-tune a model from a YAML/JSON config")
+    p.add_argument("config", help="the config file (see examples/configs/)")
+    p.add_argument("-o", "--output-dir", help="run folder (default: runs/<task>-<time>)")
+    p.add_argument("--resume-from", help="a checkpoints/step-N folder of an interrupted run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set training.lr=3e-4 (repeatable)")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("eval", help="evaluate a saved model on a data file")
+    p.add_argument("checkpoint", help="a model folder")
+    p.add_argument("data", help="a data file in a format the model's task reads")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("chat", help="answer one prompt with a saved model")
+    p.add_argument("prompt")
+    p.add_argument("--model", required=True, help="a model folder")
+    p.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
+    p.add_argument("--video", action="append", default=[], help="a video file (repeatable)")
+    p.add_argument("--media", action="append", default=[], help="a file of any modality the model takes")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("caption", help="caption image or video files with a saved model")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--model", required=True, help="a model folder")
+    p.set_defaults(func=cmd_caption)
     return parser
 
 

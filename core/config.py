@@ -344,6 +344,7 @@ def _resolve_data_paths(data: DataConfig, base: Path) -> DataConfig:
     changes = {}
     for key in ("train", "validation", "test"):
         value = getattr(data, key)
-        if value is not None and not Path(value).is_absolute():
+        # bundled:<dataset>/<file> names the project's generated data, not a file beside the config.
+        if value is not None and not value.startswith("bundled:") and not Path(value).is_absolute():
             changes[key] = str((base / value).resolve())
     return dataclasses.replace(data, **changes)

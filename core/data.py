@@ -272,8 +272,14 @@ def load_examples(path: str | Path, task: TaskConfig, data: DataConfig) -> list[
 
     ``chat`` and ``vqa`` read conversations (JSON/JSONL); ``caption`` reads a captions folder or file,
     or conversations; ``classification`` reads TSV/CSV/JSONL/JSON with ``data.text_column`` and
-    ``data.label_column`` (a headerless two-column file is read as text, label).
+    ``data.label_column`` (a headerless two-column file is read as text, label). A
+    ``bundled:<dataset>/<file>`` path names a file of the project's bundled data (:mod:`core.bundled`),
+    built on first use.
     """
+    if isinstance(path, str) and path.startswith("bundled:"):
+        from core.bundled import resolve
+
+        path = resolve(path)
     path = Path(path)
     if path.is_dir():
         if task.kind != "caption":

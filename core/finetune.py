@@ -42,9 +42,9 @@ from core.data import Example, load_splits
 from core.errors import ConfigError, DataFormatError, MMAssistError
 from core.feature_cache import FeatureCache
 from core.host import Host
-from core.media import Media
+from core.media import Media, text_media
 from core.metrics import classification_report, text_report
-from core.model import MultimodalModel, build_tokenizer_for, placeholder_token
+from core.model import MultimodalModel, build_tokenizer_for, placeholder_token, unwrap_peft
 from core.processor import Encoded, Processor
 from core.train_state import load_train_state, save_train_state
 
@@ -125,10 +125,10 @@ def classification_conversation(processor: Processor, cfg: FusionConfig, ex: Exa
     prompt = cfg.task.prompt
     if ex.text is not None and "text" not in cfg.encoders:
         return processor.conversation(f"{prompt}\n{ex.text}" if prompt else ex.text)
-    modality, item = ("text", ex.text) if ex.text is not None else ex.media[0]
+    modality, item = ("text", text_media(ex.text)) if ex.text is not None else ex.media[0]
     tag = placeholder_token(modality)
     text = prompt if tag in prompt else (f"{tag}\n{prompt}" if prompt else tag)
-    return processor.conversation(text, {modality: [Media.of(item) if ex.text is None else item]})
+    return processor.conversation(text, {modality: [Media.of(item)]})
 
 
 def reference_answer(ex: Example) -> str:
@@ -168,6 +168,10 @@ def apply_freezing(model: MultimodalModel, cfg: FusionConfig) -> None:
     if cfg.decoder.freeze:
         for n, p in model.decoder.named_parameters():
             p.requires_grad = "lora_" in n
+    if model.head is not None:  # classification never uses the LM head (unless tied to the embeddings)
+        lm_head = unwrap_peft(model.decoder).get_output_embeddings()
+        if lm_head is not None and lm_head.weight is not model.decoder.get_input_embeddings().weight:
+            lm_head.requires_grad_(False)
     names = [n for n, _ in model.named_parameters()]
     for prefix in cfg.training.freeze:
         hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
@@ -369,49 +373,14 @@ class _Run:
         self.emit("on_evaluate", metrics)
         self.model.train()
 
-    @torch.no_grad()
     def evaluate(self, split: str, generate_limit: int | None = None) -> dict[str, Any]:
         """Loss and task metrics on a split, computed the same way on every process."""
-        cfg = self.cfg
-        examples = self.splits[split]
-        model = self.model.eval()
-        total, weight = 0.0, 0
-        preds: list[str] = []
-        encoded = [encode_example(e, self.processor, cfg, for_training=True) for e in examples]
-        bs = cfg.training.batch_size
-        for s in range(0, len(encoded), bs):
-            batch = self.processor.collate(encoded[s: s + bs], cache=model.feature_cache).to(self.device)
-            with autocast(self.device, self.dtype):
-                out = model(batch)
-            if cfg.task.kind == "classification":
-                n = len(batch.input_ids)
-                preds += [cfg.task.labels[i] for i in out.logits.argmax(-1).tolist()]
-            else:
-                n = int((batch.labels[:, 1:] != -100).sum())
-            total, weight = total + float(out.loss) * n, weight + n
-        metrics: dict[str, Any] = {"loss": total / max(weight, 1)}
-        if cfg.task.kind == "classification":
-            metrics.update(classification_report([e.label for e in examples], preds, cfg.task.labels))
-        else:
-            limit = cfg.training.eval_generate if generate_limit is None else generate_limit
-            chosen = examples[:limit]
-            if chosen:
-                answers = self.generate_answers(chosen)
-                metrics.update(text_report([reference_answer(e) for e in chosen], answers))
-        self.log({"split": split, **{k: v for k, v in metrics.items() if k != "per_class"},
-                  **({"per_class": metrics["per_class"]} if "per_class" in metrics else {})})
-        return metrics
-
-    def generate_answers(self, examples: Sequence[Example]) -> list[str]:
         if self._evaluator is None:
             self._evaluator = Assistant(self.model, self.tokenizer, self.cfg, self.host, device=self.device)
-        asst = self._evaluator
-        gen = dataclasses.replace(self.cfg.generation, temperature=0.0)
-        encoded = [encode_example(e, self.processor, self.cfg, for_training=False) for e in examples]
-        out = []
-        for s in range(0, len(encoded), self.cfg.training.batch_size):
-            out += asst._generate_batch(encoded[s: s + self.cfg.training.batch_size], gen)
-        return out
+        limit = self.cfg.training.eval_generate if generate_limit is None else generate_limit
+        metrics = evaluate_examples(self._evaluator, self.splits[split], self.cfg.training.batch_size, limit)
+        self.log({"split": split, **metrics})
+        return metrics
 
     def save_model(self, path: Path) -> None:
         if self.dist.main:
@@ -449,6 +418,49 @@ class _Run:
         _barrier(self.dist)
         self.emit("on_train_end")
         return FinetuneResult(self.out, metrics, self.state.history)
+
+
+@torch.no_grad()
+def evaluate_examples(asst: Assistant, examples: Sequence[Example], batch_size: int = 16,
+                      generate_limit: int | None = None) -> dict[str, Any]:
+    """Loss, and accuracy with per-class precision / recall / F1 (classification) or exact match,
+    BLEU and CIDEr-D of greedy answers (other tasks; on the first ``generate_limit`` examples)."""
+    cfg, model, processor = asst.cfg, asst.model.eval(), asst.processor
+    total, weight = 0.0, 0
+    preds: list[str] = []
+    encoded = [encode_example(e, processor, cfg, for_training=True) for e in examples]
+    for s in range(0, len(encoded), batch_size):
+        batch = processor.collate(encoded[s: s + batch_size], cache=model.feature_cache).to(asst.device)
+        with autocast(asst.device, asst.dtype):
+            out = model(batch)
+        if cfg.task.kind == "classification":
+            n = len(batch.input_ids)
+            preds += [cfg.task.labels[i] for i in out.logits.argmax(-1).tolist()]
+        else:
+            n = int((batch.labels[:, 1:] != -100).sum())
+        total, weight = total + float(out.loss) * n, weight + n
+    metrics: dict[str, Any] = {"loss": total / max(weight, 1)}
+    if cfg.task.kind == "classification":
+        metrics.update(classification_report([e.label for e in examples], preds, cfg.task.labels))
+        return metrics
+    chosen = list(examples[: len(examples) if generate_limit is None else generate_limit])
+    if chosen:
+        gen = dataclasses.replace(cfg.generation, temperature=0.0)
+        prompts = [encode_example(e, processor, cfg, for_training=False) for e in chosen]
+        answers = [a for s in range(0, len(prompts), batch_size)
+                   for a in asst._generate_batch(prompts[s: s + batch_size], gen)]
+        metrics.update(text_report([reference_answer(e) for e in chosen], answers))
+    return metrics
+
+
+def evaluate_checkpoint(path: str | Path, data: str | Path, *, host: Host | None = None,
+                        batch_size: int = 16) -> dict[str, Any]:
+    """The test report of a saved model on a data file (in any format its task reads)."""
+    from core.data import load_examples
+
+    asst = Assistant.from_pretrained(path, host=host)
+    examples = load_examples(data, asst.cfg.task, asst.cfg.data)
+    return evaluate_examples(asst, examples, batch_size)
 
 
 def publish_model(model, tokenizer, cfg, out: Path, host: Host) -> None:

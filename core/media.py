@@ -55,12 +55,10 @@ class Media:
                 raise UndecodableInputError("the input is empty (0 bytes); give a non-empty file")
             mime = sniff_mime(data[:_SNIFF_BYTES]) or _text_or_binary(data)
             return cls(mime, data=data, name=f"<{len(data)} bytes>")
-        if isinstance(item, Path) or (
-            isinstance(item, str) and len(item) <= _MAX_PATH_CHARS and "\n" not in item and Path(item).is_file()
-        ):
+        if isinstance(item, Path) or (isinstance(item, str) and _is_file(item)):
             return cls._of_path(Path(item))
         if isinstance(item, str):
-            return cls(TEXT_MIME, value=item, name="<text>")
+            return text_media(item)
         if _is_pil_image(item):
             return cls(PIL_IMAGE_MIME, value=item, name="<PIL image>")
         raise UnsupportedInputError(
@@ -79,6 +77,20 @@ class Media:
             head = f.read(_SNIFF_BYTES)
         mime = sniff_mime(head) or mimetypes.guess_type(path.name)[0] or _text_or_binary(head)
         return cls(mime, path=path, name=str(path))
+
+
+def _is_file(text: str) -> bool:
+    if len(text) > _MAX_PATH_CHARS or "\n" in text:
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte...
+        return False
+
+
+def text_media(text: str) -> Media:
+    """Text that must be read as text, never as a file name."""
+    return Media(TEXT_MIME, value=text, name="<text>")
 
 
 def sniff_mime(head: bytes) -> str | None:

@@ -40,7 +40,7 @@ def save_train_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler, 
     meta = {
         "param_groups": opt["param_groups"],
         "optimizer_scalars": scalars,
-        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+        "scheduler": scheduler.state_dict(),  # plain numbers; lr_lambdas are saved as None
         "rng_python": _jsonable(random.getstate()),
         "rng_numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "loop": loop,

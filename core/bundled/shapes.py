@@ -1,0 +1,296 @@
+"""``shapes``: pictures of 1-3 simple shapes on a 3 x 3 grid, with template captions and questions.
+
+Every picture is drawn from a scene record (``scenes.jsonl``): per shape its kind, colour, size,
+grid cell and pixel box. Captions and answers are canonical strings derived from the scene, so a
+model's output can be checked by exact match. No two pictures share a caption, so no test scene
+repeats a training scene (each part of it does, in other combinations).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from core.bundled.common import SPLITS, Built, count_words, llava_record, split_sizes, write_jsonl
+
+SEED = 1
+IMAGE_SIZE = 64
+COUNTS = (2400, 300, 300)
+QUESTIONS_PER_IMAGE = 2
+BACKGROUND = (24, 24, 24)
+KINDS = ("circle", "square", "triangle")
+# Far apart in RGB and each with a common English name.
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (50, 90, 235),
+    "yellow": (240, 210, 30),
+    "purple": (150, 60, 200),
+    "white": (240, 240, 240),
+}
+SIZES = ("small", "large")
+ROWS = ("top", "middle", "bottom")
+COLUMNS = ("left", "center", "right")
+# Weights of 1, 2 and 3 shapes per picture.
+SHAPE_COUNT_WEIGHTS = (1, 2, 2)
+
+
+def extent_range(size: str, image_size: int = IMAGE_SIZE) -> tuple[int, int]:
+    """The side (in pixels) of a shape's box: small about 1/8 of the picture, large about 1/4."""
+    base = round(image_size * (0.125 if size == "small" else 0.25))
+    return base - 1, base + 1
+
+
+def cell_name(row: int, col: int) -> str:
+    """``top left``, ``top``, ``top right``, ``left``, ``center``, ``right``, ``bottom left``, ..."""
+    if row == 1:
+        return COLUMNS[col]
+    return ROWS[row] if col == 1 else f"{ROWS[row]} {COLUMNS[col]}"
+
+
+def cell_phrase(row: int, col: int) -> str:
+    """The cell as a caption says it: ``at the top left``, ``on the left``, ``in the center``..."""
+    name = cell_name(row, col)
+    if name == "center":
+        return "in the center"
+    if name in ("left", "right"):
+        return f"on the {name}"
+    return f"at the {name}"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One shape: what it is, its grid cell and its box (top-left ``x``, ``y`` and side ``extent``)."""
+
+    kind: str
+    colour: str
+    size: str
+    row: int
+    col: int
+    x: int
+    y: int
+    extent: int
+
+    @property
+    def position(self) -> str:
+        return cell_name(self.row, self.col)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The shapes of one picture, left to right (then top to bottom)."""
+
+    shapes: tuple[Shape, ...]
+
+    def to_dict(self) -> dict:
+        return {"shapes": [asdict(s) for s in self.shapes]}
+
+    @classmethod
+    def from_dict(cls, value: dict) -> "Scene":
+        return cls(tuple(Shape(**s) for s in value["shapes"]))
+
+
+def sample_scene(rng: random.Random, image_size: int = IMAGE_SIZE) -> Scene:
+    """1-3 shapes in distinct grid cells, each jittered inside its cell so none overlap."""
+    n = rng.choices((1, 2, 3), weights=SHAPE_COUNT_WEIGHTS)[0]
+    cells = rng.sample(range(9), n)
+    cell = image_size / 3
+    shapes = []
+    for index in cells:
+        row, col = divmod(index, 3)
+        size = rng.choice(SIZES)
+        extent = rng.randint(*extent_range(size, image_size))
+        slack = int(cell - extent) // 2 - 1  # keeps a 1-pixel gap to the cell's edges
+        cx, cy = (col + 0.5) * cell, (row + 0.5) * cell
+        x = round(cx - extent / 2) + rng.randint(-slack, slack)
+        y = round(cy - extent / 2) + rng.randint(-slack, slack)
+        shapes.append(Shape(rng.choice(KINDS), rng.choice(tuple(COLOURS)), size, row, col, x, y, extent))
+    shapes.sort(key=lambda s: (s.col, s.row))
+    return Scene(tuple(shapes))
+
+
+def draw_shape(pixels: np.ndarray, kind: str, x: int, y: int, extent: int, rgb: tuple[int, int, int]) -> None:
+    """Paint one shape into ``pixels`` (H, W, 3) uint8, in place, inside the box at ``x``, ``y``."""
+    h, w = pixels.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    u = (xs - x + 0.5) / extent  # 0..1 across the box
+    v = (ys - y + 0.5) / extent
+    inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
+    if kind == "circle":
+        mask = (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
+    elif kind == "square":
+        mask = inside
+    elif kind == "triangle":  # apex at the top middle, base along the bottom
+        mask = inside & (np.abs(u - 0.5) <= v / 2)
+    else:
+        raise ValueError(f"unknown shape kind {kind!r}; known: {', '.join(KINDS)}")
+    pixels[mask] = rgb
+
+
+def render(scene: Scene, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """The picture of a scene: (H, W, 3) uint8."""
+    pixels = np.empty((image_size, image_size, 3), dtype=np.uint8)
+    pixels[:] = BACKGROUND
+    for s in scene.shapes:
+        draw_shape(pixels, s.kind, s.x, s.y, s.extent, COLOURS[s.colour])
+    return pixels
+
+
+def describe(shape: Shape) -> str:
+    return f"a {shape.size} {shape.colour} {shape.kind} {cell_phrase(shape.row, shape.col)}"
+
+
+def caption(scene: Scene) -> str:
+    """``a large red circle at the top left and a small blue square at the bottom right``."""
+    parts = [describe(s) for s in scene.shapes]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+# -- questions: each returns (question, answer), or None where the scene cannot answer it uniquely --
+
+
+def _count(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    return "How many shapes are there?", count_words(len(scene.shapes))
+
+
+def _colour_of(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    unique = _unique_kinds(scene)
+    if not unique:
+        return None
+    kind = rng.choice(unique)
+    return f"What colour is the {kind}?", _only(scene, kind=kind).colour
+
+
+def _size_of(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    unique = _unique_kinds(scene)
+    if not unique:
+        return None
+    kind = rng.choice(unique)
+    return f"Is the {kind} large or small?", _only(scene, kind=kind).size
+
+
+def _shape_at(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    # Only cells no other shape could be read into: "on the left" is not asked when a shape is
+    # also at the top left.
+    clear = [s for s in scene.shapes
+             if not any(set(s.position.split()) & set(o.position.split()) for o in scene.shapes if o is not s)]
+    if not clear:
+        return None
+    s = rng.choice(clear)
+    return f"What shape is {cell_phrase(s.row, s.col)}?", s.kind
+
+
+def _exists(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    with_colour = rng.random() < 0.5
+    present = {(s.colour, s.kind) if with_colour else s.kind for s in scene.shapes}
+    every = [(c, k) for c in COLOURS for k in KINDS] if with_colour else list(KINDS)
+    absent = [t for t in every if t not in present]
+    want_yes = rng.random() < 0.5 or not absent
+    thing = rng.choice(sorted(present) if want_yes else absent)
+    name = " ".join(thing) if with_colour else thing
+    return f"Is there a {name}?", "yes" if want_yes else "no"
+
+
+def _where(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    options = []
+    for s in scene.shapes:
+        if sum(o.kind == s.kind for o in scene.shapes) == 1:
+            options.append((s.kind, s))
+        elif sum((o.kind, o.colour) == (s.kind, s.colour) for o in scene.shapes) == 1:
+            options.append((f"{s.colour} {s.kind}", s))
+    if not options:
+        return None
+    name, s = rng.choice(options)
+    return f"Where is the {name}?", s.position
+
+
+QUESTIONS: dict[str, Callable[[Scene, random.Random], tuple[str, str] | None]] = {
+    "count": _count, "colour": _colour_of, "size": _size_of, "shape_at": _shape_at,
+    "exists": _exists, "where": _where,
+}
+
+
+def questions(scene: Scene, rng: random.Random, k: int = QUESTIONS_PER_IMAGE) -> list[tuple[str, str]]:
+    """``k`` questions of different kinds the scene answers uniquely, with their canonical answers."""
+    kinds = list(QUESTIONS)
+    rng.shuffle(kinds)
+    out = []
+    for kind in kinds:
+        qa = QUESTIONS[kind](scene, rng)
+        if qa is not None:
+            out.append(qa)
+        if len(out) == k:
+            break
+    return out
+
+
+def _unique_kinds(scene: Scene) -> list[str]:
+    kinds = [s.kind for s in scene.shapes]
+    return sorted(k for k in set(kinds) if kinds.count(k) == 1)
+
+
+def _only(scene: Scene, kind: str) -> Shape:
+    (shape,) = [s for s in scene.shapes if s.kind == kind]
+    return shape
+
+
+# -- the builder --------------------------------------------------------------------------------------
+
+
+def build(out: Path, *, small: bool = False) -> Built:
+    """Write ``images/``, ``scenes.jsonl`` and per split ``captions_{split}.jsonl``, ``qa_{split}.jsonl``."""
+    from PIL import Image
+
+    sizes = split_sizes(COUNTS, small)
+    rng = random.Random(SEED)
+    (out / "images").mkdir()
+    scenes, seen = [], set()
+    while len(scenes) < sum(sizes.values()):
+        scene = sample_scene(rng)
+        text = caption(scene)
+        if text not in seen:  # each caption once, so splits share no scene
+            seen.add(text)
+            scenes.append(scene)
+
+    counts, start, records = {}, 0, []
+    for split in SPLITS:
+        caps, qas = [], []
+        for i in range(start, start + sizes[split]):
+            file = f"images/{i:05d}.png"
+            Image.fromarray(render(scenes[i])).save(out / file)
+            scene = scenes[i]
+            records.append({"file": file, "split": split, **scene.to_dict()})
+            caps.append({"file": file, "caption": caption(scene)})
+            for j, (q, a) in enumerate(questions(scene, rng)):
+                qas.append(llava_record(f"shapes-{i:05d}-{j}", q, a, {"image": file}))
+        start += sizes[split]
+        write_jsonl(out / f"captions_{split}.jsonl", caps)
+        write_jsonl(out / f"qa_{split}.jsonl", qas)
+        counts[split] = {"images": len(caps), "captions": len(caps), "qa": len(qas)}
+    write_jsonl(out / "scenes.jsonl", records)
+
+    colours = ", ".join(COLOURS)
+    return Built(
+        description=(
+            f"{IMAGE_SIZE}x{IMAGE_SIZE} RGB pictures of 1-3 shapes ({', '.join(KINDS)}; {colours}; "
+            "small or large) in distinct cells of a 3 x 3 grid (top left, top, top right, left, center, "
+            "right, bottom left, bottom, bottom right), on a dark background. Captions name every shape "
+            "left to right, e.g. \"a large red circle at the top left and a small blue square at the "
+            "bottom right\". Each picture has two questions of different kinds (count, colour of a shape, "
+            "size, shape in a cell, is there a ..., where is ...) with one-word canonical answers; "
+            "a question is asked only when the picture answers it uniquely. No two pictures share a "
+            "caption, so the splits share no scene."
+        ),
+        seed=SEED,
+        counts=counts,
+        files={
+            "images/NNNNN.png": "the pictures",
+            "scenes.jsonl": "per picture: file, split and each shape's kind, colour, size, grid row/col and box",
+            "captions_{split}.jsonl": "{\"file\", \"caption\"} per picture",
+            "qa_{split}.jsonl": "LLaVA records, one question and answer each",
+        },
+    )

@@ -1,0 +1,275 @@
+"""core.finetune on tiny models and small data: learning, freezing, LoRA, stopping, resuming, DDP."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import core
+from core.callbacks import TrainerCallback
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 180, 30), "yellow": (230, 220, 20)}
+TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def host():
+    return core.Host(load_entrypoints=False)
+
+
+@pytest.fixture(scope="module")
+def caption_dir(tmp_path_factory):
+    """12 plain colour squares with captions."""
+    folder = tmp_path_factory.mktemp("captions")
+    rows = []
+    for i in range(12):
+        colour = list(COLOURS)[i % 4]
+        Image.new("RGB", (32, 32), COLOURS[colour]).save(folder / f"img{i}.png")
+        rows.append(json.dumps({"file": f"img{i}.png", "caption": f"a {colour} square"}))
+    (folder / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def classify_file(tmp_path_factory):
+    """A CSV of image paths labelled warm (red, yellow) or cool (blue, green)."""
+    folder = tmp_path_factory.mktemp("classify")
+    lines = ["image,label"]
+    for i in range(16):
+        colour = list(COLOURS)[i % 4]
+        Image.new("RGB", (32, 32), COLOURS[colour]).save(folder / f"c{i}.png")
+        lines.append(f"c{i}.png,{'warm' if colour in ('red', 'yellow') else 'cool'}")
+    (folder / "data.csv").write_text("\n".join(lines) + "\n")
+    return folder / "data.csv"
+
+
+def caption_cfg(caption_dir, **training) -> dict:
+    return {
+        "encoders": {"image": {"name": "image/timm", "freeze": True,
+                               "config": {"model_name": "test_vit", "image_size": 32}}},
+        "decoder": {"init": TINY_LLAMA, "tokenizer": "bytes", "max_length": 128},
+        "task": {"kind": "caption", "prompt": "Describe."},
+        "data": {"train": str(caption_dir), "validation_fraction": 0.0},
+        "generation": {"max_new_tokens": 20},
+        "training": {"epochs": 30, "batch_size": 4, "lr": 5e-3, "log_every": 5, **training},
+    }
+
+
+def classify_cfg(data_file, **training) -> dict:
+    return {
+        "encoders": {"image": {"name": "image/timm", "config": {"model_name": "test_vit", "image_size": 32}}},
+        "decoder": {"init": {**TINY_LLAMA, "num_hidden_layers": 1}, "tokenizer": "bytes", "max_length": 64},
+        "task": {"kind": "classification", "labels": ["cool", "warm"], "prompt": "Warm or cool?"},
+        "data": {"train": str(data_file), "test": str(data_file), "validation_fraction": 0.25,
+                 "text_column": "image"},
+        "training": {"epochs": 4, "batch_size": 4, "lr": 2e-3, "log_every": 1, "dropout": 0.1, **training},
+    }
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_tiny_captioning_run_overfits_to_exact_match(caption_dir, host, tmp_path):
+    cfg = caption_cfg(caption_dir)
+    cfg["data"]["test"] = str(caption_dir)
+    res = core.finetune(cfg, output_dir=tmp_path / "run", host=host)
+    losses = [h["loss"] for h in res.history if h["split"] == "train" and "loss" in h]
+    assert losses[-1] < losses[0] / 5
+    assert res.metrics["test"]["exact_match"] == 1.0
+    assert res.metrics["test"]["cider_d"] > 0 and res.metrics["test"]["bleu"] > 0.9
+    asst = core.Assistant.from_pretrained(res.output_dir, host=host)
+    assert asst.caption(caption_dir / "img1.png") == "a blue square"
+    log = [json.loads(line) for line in (res.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["split"] == "test" and {"exact_match", "bleu", "cider_d"} <= set(log[-1])
+
+
+def test_a_classifier_learns_a_separable_task_and_reports_per_class(classify_file, host, tmp_path):
+    res = core.finetune(classify_cfg(classify_file), output_dir=tmp_path / "run", host=host)
+    test = res.metrics["test"]
+    assert test["accuracy"] == 1.0
+    assert set(test["per_class"]) == {"cool", "warm"}
+    assert all(v["f1"] == 1.0 and v["support"] == 8 for v in test["per_class"].values())
+    asst = core.Assistant.from_pretrained(res.output_dir, host=host)
+    assert asst.classify(Image.new("RGB", (32, 32), COLOURS["yellow"])) == "warm"
+    assert (res.output_dir / "best" / "model.safetensors").is_file()
+
+
+def test_freezing_leaves_frozen_weights_bit_identical(classify_file, host, tmp_path):
+    cfg = classify_cfg(classify_file, epochs=1, freeze=["fusion.projectors.image"])
+    cfg["encoders"]["image"]["freeze"] = True
+    torch.manual_seed(0)
+    start = core.Assistant.from_config(cfg, host=host)
+    res = core.finetune(cfg, output_dir=tmp_path / "run", host=host)
+    end = core.Assistant.from_pretrained(res.output_dir, host=host)
+    before, after = weights(start.model), weights(end.model)
+    for name in before:
+        same = torch.equal(before[name], after[name])
+        if name.startswith(("encoders.image.", "fusion.projectors.image.")):
+            assert same, f"{name} changed although frozen"
+    assert not all(torch.equal(before[n], after[n]) for n in before if n.startswith("decoder."))
+
+
+def test_lora_trains_only_adapters_and_the_merged_export_matches(caption_dir, host, tmp_path):
+    cfg = caption_cfg(caption_dir, epochs=2, lora={"enabled": True, "r": 4})
+    torch.manual_seed(0)
+    start = core.Assistant.from_config(cfg, host=host)
+    res = core.finetune(cfg, output_dir=tmp_path / "run", host=host)
+    asst = core.Assistant.from_pretrained(res.output_dir, host=host)
+    before, after = weights(start.model), weights(asst.model)
+    changed = {n for n in before if n.startswith("decoder.") and not torch.equal(before[n], after[n])}
+    assert changed and all("lora_" in n for n in changed)
+    merged = asst.merged()
+    assert not any("lora_" in n for n in merged.model.state_dict())
+    out = merged.save_pretrained(tmp_path / "merged")
+    plain = core.Assistant.from_pretrained(out, host=host)
+    conv = asst.processor.conversation("Describe.", {"image": [caption_dir / "img0.png"]})
+    batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)])
+    with torch.no_grad():
+        torch.testing.assert_close(plain.model(batch).logits, asst.model(batch).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_early_stopping_stops(classify_file, host, tmp_path):
+    cfg = classify_cfg(classify_file, epochs=50, lr=1e-9, eval_every=1, patience=2, metric="loss")
+    res = core.finetune(cfg, output_dir=tmp_path / "run", host=host)
+    assert res.metrics["steps"] < 10
+    assert any(h.get("event") == "early_stop" for h in res.history)
+
+
+class Recorder(TrainerCallback):
+    def __init__(self, stop_at=None):
+        self.events, self.stop_at = [], stop_at
+
+    def on_train_begin(self, state, control):
+        self.events.append("begin")
+
+    def on_step_end(self, state, control):
+        self.events.append(f"step{state.step}")
+        if state.step == self.stop_at:
+            control.should_stop = True
+
+    def on_evaluate(self, state, control, metrics):
+        self.events.append("evaluate")
+
+    def on_save(self, state, control, path):
+        self.events.append("save")
+
+    def on_train_end(self, state, control):
+        self.events.append("end")
+
+
+def test_callbacks_see_progress_and_can_stop_the_run(classify_file, host, tmp_path):
+    rec = Recorder(stop_at=3)
+    res = core.finetune(classify_cfg(classify_file, eval_every=2), output_dir=tmp_path / "run", host=host,
+                        callbacks=[rec])
+    assert rec.events[0] == "begin" and rec.events[-1] == "end"
+    assert "step3" in rec.events and "step4" not in rec.events and "evaluate" in rec.events
+    assert res.metrics["steps"] == 3 and (res.output_dir / "model.safetensors").is_file()
+
+
+def test_resume_continues_exactly_where_the_run_stopped(classify_file, host, tmp_path):
+    cfg = classify_cfg(classify_file, epochs=3, save_every=2, eval_every=2)
+    torch.manual_seed(0)
+    full = core.finetune(cfg, output_dir=tmp_path / "full", host=host)
+    core.finetune(cfg, output_dir=tmp_path / "cut", host=host, callbacks=[Recorder(stop_at=4)])
+    ckpt = tmp_path / "cut" / "checkpoints" / "step-000004"
+    resumed = core.finetune(cfg, output_dir=tmp_path / "cut", host=host, resume_from=ckpt)
+    a = core.Assistant.from_pretrained(full.output_dir, host=host)
+    b = core.Assistant.from_pretrained(resumed.output_dir, host=host)
+    for (name, x), y in zip(weights(a.model).items(), weights(b.model).values()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+    assert resumed.metrics["steps"] == full.metrics["steps"]
+
+
+def test_the_feature_cache_gives_the_same_losses(caption_dir, host, tmp_path):
+    runs = {}
+    for cache in (True, False):
+        res = core.finetune(caption_cfg(caption_dir, epochs=2, feature_cache=cache, log_every=1),
+                            output_dir=tmp_path / f"run{cache}", host=host)
+        runs[cache] = [h["loss"] for h in res.history if h["split"] == "train" and "loss" in h]
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+
+
+def test_a_bad_dataset_line_is_reported_with_its_line_number(caption_dir, host, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes((caption_dir / "img0.png").read_bytes())
+    (bad / "captions.jsonl").write_text('{"file": "a.png", "caption": "ok"}\n{"file": "a.png", "caption": \n')
+    with pytest.raises(core.DataFormatError, match=r"captions\.jsonl:2"):
+        core.finetune(caption_cfg(bad), output_dir=tmp_path / "run", host=host)
+
+
+def test_the_config_passed_in_is_unchanged(caption_dir, host, tmp_path):
+    cfg = core.FusionConfig.from_dict(caption_cfg(caption_dir, epochs=1))
+    raw = caption_cfg(caption_dir, epochs=1)
+    before_cfg, before_raw = copy.deepcopy(cfg), copy.deepcopy(raw)
+    core.finetune(cfg, output_dir=tmp_path / "a", host=host, **{"training.lr": 1e-3})
+    core.finetune(raw, output_dir=tmp_path / "b", host=host)
+    assert cfg == before_cfg and raw == before_raw
+
+
+def _run_script(tmp_path: Path, cfg: dict, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    core.FusionConfig.from_dict(cfg).save(path)
+    return path
+
+
+def _env() -> dict:
+    env = dict(os.environ, MMASSIST_NO_PLUGINS="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return env
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(classify_file, host, tmp_path):
+    cfg = classify_cfg(classify_file, epochs=6, save_every=2, eval_every=4)
+    path = _run_script(tmp_path, cfg, "cfg")
+    cli = [sys.executable, "-m", "core.cli", "finetune", str(path)]
+    subprocess.run(cli + ["-o", str(tmp_path / "full")], check=True, env=_env(), capture_output=True)
+    proc = subprocess.Popen(cli + ["-o", str(tmp_path / "cut")], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    target = tmp_path / "cut" / "checkpoints" / "step-000006"
+    deadline = time.time() + 240
+    while not (target / "manifest.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "final_metrics.json").exists(), "the run ended before it was killed"
+    latest = sorted((tmp_path / "cut" / "checkpoints").glob("step-*"))[-1]
+    subprocess.run(cli + ["-o", str(tmp_path / "cut"), "--resume-from", str(latest)], check=True, env=_env(),
+                   capture_output=True)
+    a = core.Assistant.from_pretrained(tmp_path / "full", host=host)
+    b = core.Assistant.from_pretrained(tmp_path / "cut", host=host)
+    for (name, x), y in zip(weights(a.model).items(), weights(b.model).values()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(classify_file, tmp_path):
+    cfg = classify_cfg(classify_file, epochs=2, batch_size=4, eval_every=100, dropout=0.0)
+    cfg["training"]["dropout"] = 0.0
+    cfg["data"]["validation_fraction"] = 0.0
+    one = _run_script(tmp_path, cfg, "one")
+    two_cfg = copy.deepcopy(cfg)
+    two_cfg["training"]["batch_size"] = 2  # per process: the same global batch of 4
+    two = _run_script(tmp_path, two_cfg, "two")
+    subprocess.run([sys.executable, "-m", "core.cli", "finetune", str(one), "-o", str(tmp_path / "one")],
+                   check=True, env=_env(), capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                "-m", "core.finetune", str(two), "-o", str(tmp_path / "two")]
+    done = subprocess.run(torchrun, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    host = core.Host(load_entrypoints=False)
+    a = core.Assistant.from_pretrained(tmp_path / "one", host=host)
+    b = core.Assistant.from_pretrained(tmp_path / "two", host=host)
+    for (name, x), y in zip(weights(a.model).items(), weights(b.model).values()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)

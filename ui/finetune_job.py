@@ -1,0 +1,185 @@
+"""One fine-tune at a time, in a background thread, watched and stopped through callbacks.
+
+The training loop knows nothing of the UI: :class:`ProgressRecorder` is an ordinary
+:class:`core.callbacks.TrainerCallback` that copies progress (step, loss, evaluation metrics) into
+the job, and asks the loop to stop (``control.should_stop``) once the user pressed Stop. The page
+polls :meth:`FinetuneJob.snapshot`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from core.callbacks import TrainerCallback, TrainerControl, TrainerState
+from core.config import FusionConfig
+from core.errors import MMAssistError
+from core.host import Host
+
+log = logging.getLogger(__name__)
+
+# What a job is doing; the last three are final.
+PHASES = ("preparing", "training", "finishing", "done", "stopped", "failed")
+FINAL = ("done", "stopped", "failed")
+
+
+class JobBusyError(MMAssistError):
+    """A fine-tune was started while another one runs."""
+
+
+@dataclass
+class Snapshot:
+    """A consistent copy of a job's progress, safe to read from any thread."""
+
+    run_name: str
+    phase: str
+    step: int
+    max_steps: int
+    epoch: float
+    loss: float | None
+    elapsed: float
+    points: list[dict[str, Any]]
+    metrics: dict[str, Any] | None
+    output_dir: str
+    error: str | None
+    stop_requested: bool
+
+    @property
+    def running(self) -> bool:
+        return self.phase not in FINAL
+
+
+@dataclass
+class FinetuneJob:
+    """One fine-tune's progress. Written by the training thread, read through :meth:`snapshot`."""
+
+    cfg: FusionConfig
+    output_dir: Path
+    phase: str = "preparing"
+    step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    points: list[dict[str, Any]] = field(default_factory=list)  # {"step", "value", "series"} for the plot
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def running(self) -> bool:
+        return self.phase not in FINAL
+
+    def update(self, **changes: Any) -> None:
+        with self._lock:
+            for k, v in changes.items():
+                setattr(self, k, v)
+
+    def add_point(self, step: int, value: float, series: str) -> None:
+        with self._lock:
+            self.points.append({"step": step, "value": float(value), "series": series})
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(
+                run_name=self.output_dir.name, phase=self.phase, step=self.step, max_steps=self.max_steps,
+                epoch=self.epoch, loss=self.loss, elapsed=(self.ended or time.time()) - self.started,
+                points=list(self.points), metrics=self.metrics, output_dir=str(self.output_dir),
+                error=self.error, stop_requested=self.stop_event.is_set(),
+            )
+
+
+class ProgressRecorder(TrainerCallback):
+    """Copies the loop's progress into a :class:`FinetuneJob` and honours its stop request."""
+
+    def __init__(self, job: FinetuneJob):
+        self.job = job
+
+    def _maybe_stop(self, control: TrainerControl) -> None:
+        if self.job.stop_event.is_set():
+            control.should_stop = True
+
+    def on_train_begin(self, state: TrainerState, control: TrainerControl) -> None:
+        self.job.update(phase="training", max_steps=state.max_steps, step=state.step)
+        self._maybe_stop(control)
+
+    def on_step_end(self, state: TrainerState, control: TrainerControl) -> None:
+        self.job.update(step=state.step, epoch=state.epoch, loss=state.loss, max_steps=state.max_steps)
+        if state.loss is not None:
+            self.job.add_point(state.step, state.loss, "train loss")
+        self._maybe_stop(control)
+        if control.should_stop or state.step >= state.max_steps:
+            self.job.update(phase="finishing")  # the final evaluation and save come next
+
+    def on_evaluate(self, state: TrainerState, control: TrainerControl, metrics: dict[str, Any]) -> None:
+        for name in dict.fromkeys(("loss", state.metric_name)):
+            value = metrics.get(name)
+            if isinstance(value, (int, float)):
+                self.job.add_point(state.step, value, f"validation {name}")
+        self._maybe_stop(control)
+
+    def on_train_end(self, state: TrainerState, control: TrainerControl) -> None:
+        self.job.update(step=state.step)
+
+
+Finetune = Callable[..., Any]
+
+
+class JobRunner:
+    """Starts fine-tunes in a background thread, one at a time.
+
+    :param host: the plugin host the runs build their models with.
+    :param finetune: the training function (``core.finetune``; replaceable for tests).
+    """
+
+    def __init__(self, host: Host, finetune: Finetune | None = None):
+        self.host = host
+        self._finetune = finetune
+        self._job: FinetuneJob | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def job(self) -> FinetuneJob | None:
+        """The running job, or the last one."""
+        return self._job
+
+    def start(self, cfg: FusionConfig, output_dir: str | Path) -> FinetuneJob:
+        """Start fine-tuning ``cfg`` into ``output_dir`` in the background; refuse while a job runs."""
+        with self._lock:
+            if self._job is not None and self._job.running:
+                raise JobBusyError(f"a fine-tune is already running ({self._job.output_dir.name}); "
+                                   "stop it or wait for it to finish, then start again")
+            job = FinetuneJob(cfg, Path(output_dir))
+            self._job = job
+        threading.Thread(target=self._run, args=(job,), name=f"finetune-{job.output_dir.name}",
+                         daemon=True).start()
+        return job
+
+    def stop(self) -> bool:
+        """Ask the running job to stop after its current step; False when none runs."""
+        job = self._job
+        if job is None or not job.running:
+            return False
+        job.stop_event.set()
+        return True
+
+    def _run(self, job: FinetuneJob) -> None:
+        finetune = self._finetune
+        if finetune is None:
+            from core.finetune import finetune
+        try:
+            res = finetune(job.cfg, output_dir=job.output_dir, callbacks=[ProgressRecorder(job)], host=self.host)
+            job.update(metrics=res.metrics, phase="stopped" if job.stop_event.is_set() else "done",
+                       ended=time.time())
+        except MMAssistError as e:
+            job.update(phase="failed", error=str(e), ended=time.time())
+        except Exception as e:  # a bug: keep the traceback in the server log, show one line in the page
+            log.error("fine-tune %s failed:\n%s", job.output_dir, traceback.format_exc())
+            job.update(phase="failed", error=f"{type(e).__name__}: {e}", ended=time.time())
