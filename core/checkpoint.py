@@ -51,6 +51,8 @@ def trained_state(model) -> dict[str, torch.Tensor]:
         if (name.startswith(skip) and "lora_" not in name) or id(t) in seen:
             continue
         seen.add(id(t))
+        if hasattr(t, "full_tensor"):  # a DTensor shard under FSDP: gather it (a collective)
+            t = t.full_tensor()
         state[name] = t.detach().contiguous().cpu()
     return state
 
@@ -61,10 +63,13 @@ def _persistent_buffers(model) -> list[tuple[str, torch.Tensor]]:
 
 
 def save_checkpoint(model, tokenizer, cfg: FusionConfig, path: str | Path, host: Host, extra: dict | None = None,
-                    write_more: Callable[[Path], None] | None = None) -> Path:
+                    write_more: Callable[[Path], None] | None = None,
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint folder atomically: into a temporary sibling, then renamed into place.
 
     ``write_more(folder)`` may add files (the trainer state) before the folder is renamed.
+    ``state`` is :func:`trained_state` gathered beforehand (needed under FSDP, where gathering is
+    a collective and only one process writes).
     """
     from safetensors.torch import save_file
 
@@ -72,7 +77,7 @@ def save_checkpoint(model, tokenizer, cfg: FusionConfig, path: str | Path, host:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        save_file(trained_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        save_file(state if state is not None else trained_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(cfg.to_json(), encoding="utf-8")
         tokenizer.save_pretrained(str(tmp))
         if write_more is not None:

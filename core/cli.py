@@ -96,6 +96,15 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Serve the web app (Chat, Caption, Fine-tune, Plugins) until interrupted."""
+    from ui.server import launch
+
+    launch(args.model, host=args.host, port=args.port, auth=args.auth, upload_limit_mb=args.upload_limit_mb,
+           runs_dir=args.runs_dir)
+    return 0
+
+
 def parse_assignment(text: str) -> tuple[str, object]:
     """``training.lr=1e-3`` -> ("training.lr", 0.001); values are read as YAML (numbers, lists, true)."""
     import yaml
@@ -157,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--model", required=True, help="a model folder")
     p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("ui", help="serve the web app: chat, caption, fine-tune, plugins")
+    p.add_argument("--model", help="the default model: a checkpoint folder (default: the bundled starter)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, help="port (default: 7860, or the next free one)")
+    p.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    p.add_argument("--upload-limit-mb", type=float, default=200.0, help="largest upload in MB (default: 200)")
+    p.add_argument("--runs-dir", default="runs", help="where fine-tunes started in the app go (default: runs/)")
+    p.set_defaults(func=cmd_ui)
     return parser
 
 

@@ -36,7 +36,7 @@ from torch import nn
 
 from core.assistant import Assistant, autocast, resolve_dtype
 from core.callbacks import TrainerCallback, TrainerControl, TrainerState
-from core.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from core.checkpoint import load_weights, read_checkpoint, save_checkpoint, trained_state
 from core.config import FusionConfig
 from core.data import Example, load_splits
 from core.errors import ConfigError, DataFormatError, MMAssistError
@@ -46,7 +46,7 @@ from core.media import Media, text_media
 from core.metrics import classification_report, text_report
 from core.model import MultimodalModel, build_tokenizer_for, placeholder_token, unwrap_peft
 from core.processor import Encoded, Processor
-from core.train_state import load_train_state, save_train_state
+from core.train_state import load_train_state, optimizer_state, save_train_state
 
 LOWER_IS_BETTER = {"loss"}
 
@@ -270,7 +270,7 @@ class _Run:
         self.position = {"epoch": 0, "batch": 0}
         self.bad_evals = 0
         if resume_from is not None:
-            loop = load_train_state(resume_from, self.optimizer, self.scheduler)
+            loop = load_train_state(resume_from, self.model, self.optimizer, self.scheduler)
             self.position = {"epoch": loop["epoch"], "batch": loop["batch"]}
             self.state.step = loop["step"]
             self.state.best_metric, self.state.best_step = loop["best_metric"], loop["best_step"]
@@ -287,6 +287,7 @@ class _Run:
             for layer in _decoder_layers(model.decoder):
                 fully_shard(layer)
             fully_shard(model.decoder)
+            fully_shard(model)  # the encoders, fusion and head: their gradients are reduced too
             return model
         from torch.nn.parallel import DistributedDataParallel
 
@@ -383,8 +384,9 @@ class _Run:
         return metrics
 
     def save_model(self, path: Path) -> None:
+        state = trained_state(self.model)  # every process: gathering shards is a collective
         if self.dist.main:
-            save_checkpoint(self.model, self.tokenizer, self.cfg, path, self.host)
+            save_checkpoint(self.model, self.tokenizer, self.cfg, path, self.host, state=state)
             self.emit("on_save", str(path))
         _barrier(self.dist)
 
@@ -393,9 +395,11 @@ class _Run:
         folder = self.out / "checkpoints" / f"step-{self.state.step:06d}"
         loop = {**position, "step": self.state.step, "best_metric": self.state.best_metric,
                 "best_step": self.state.best_step, "history": self.state.history, "bad_evals": self.bad_evals}
+        state = trained_state(self.model)  # every process: gathering shards is a collective
+        optim = optimizer_state(self.model, self.optimizer)
         if self.dist.main:
-            save_checkpoint(self.model, self.tokenizer, self.cfg, folder, self.host,
-                            write_more=lambda tmp: save_train_state(tmp, self.optimizer, self.scheduler, loop))
+            save_checkpoint(self.model, self.tokenizer, self.cfg, folder, self.host, state=state,
+                            write_more=lambda tmp: save_train_state(tmp, optim, self.scheduler, loop))
             old = sorted((self.out / "checkpoints").glob("step-*"))[: -self.cfg.training.keep_checkpoints]
             for stale in old:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -405,15 +409,16 @@ class _Run:
     def finish(self) -> FinetuneResult:
         best = self.out / "best"
         if best.is_dir() and self.state.best_step != self.state.step:
-            load_weights(self.model, best)
+            load_best(self.model, best, sharded=self.dist.world > 1 and self.cfg.training.strategy == "fsdp")
         metrics: dict[str, Any] = {"train_loss": self.state.loss, "steps": self.state.step,
                                    "best_step": self.state.best_step, self.metric + "_best": self.state.best_metric}
         if self.splits["validation"]:
             metrics["validation"] = self.evaluate("validation")
         if self.splits["test"]:
             metrics["test"] = self.evaluate("test", generate_limit=len(self.splits["test"]))
+        state = trained_state(self.model)
         if self.dist.main:
-            publish_model(self.model, self.tokenizer, self.cfg, self.out, self.host)
+            publish_model(self.model, self.tokenizer, self.cfg, self.out, self.host, state)
             (self.out / "final_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         _barrier(self.dist)
         self.emit("on_train_end")
@@ -463,9 +468,21 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, *, host: Host | None
     return evaluate_examples(asst, examples, batch_size)
 
 
-def publish_model(model, tokenizer, cfg, out: Path, host: Host) -> None:
+def load_best(model: nn.Module, folder: Path, sharded: bool) -> None:
+    """Load a saved model's weights back into the training model (sharded under FSDP)."""
+    if not sharded:
+        load_weights(model, folder)
+        return
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, load_file(str(folder / "model.safetensors")),
+                         options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def publish_model(model, tokenizer, cfg, out: Path, host: Host, state: dict[str, torch.Tensor]) -> None:
     """Write the final model's files into the run folder itself, each file replaced atomically."""
-    staged = save_checkpoint(model, tokenizer, cfg, out / ".final", host)
+    staged = save_checkpoint(model, tokenizer, cfg, out / ".final", host, state=state)
     files = sorted(staged.iterdir(), key=lambda p: p.name == "manifest.json")  # the manifest last
     for f in files:
         os.replace(f, out / f.name)

@@ -254,22 +254,30 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(classify_file, ho
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(classify_file, tmp_path):
-    cfg = classify_cfg(classify_file, epochs=2, batch_size=4, eval_every=100, dropout=0.0)
-    cfg["training"]["dropout"] = 0.0
-    cfg["data"]["validation_fraction"] = 0.0
-    one = _run_script(tmp_path, cfg, "one")
+@pytest.fixture(scope="module")
+def one_process_run(classify_file, tmp_path_factory):
+    """The reference for the multi-process runs: one process, a batch of 4."""
+    tmp = tmp_path_factory.mktemp("one")
+    cfg = classify_cfg(classify_file, epochs=2, batch_size=4, eval_every=3, dropout=0.0)
+    subprocess.run([sys.executable, "-m", "core.cli", "finetune", str(_run_script(tmp, cfg, "one")),
+                    "-o", str(tmp / "run")], check=True, env=_env(), capture_output=True)
+    return cfg, tmp / "run"
+
+
+@pytest.mark.parametrize("strategy,port", [("ddp", 29517), ("fsdp", 29527)])
+def test_two_processes_match_one_process_with_the_same_global_batch(one_process_run, strategy, port, tmp_path):
+    cfg, one = one_process_run
     two_cfg = copy.deepcopy(cfg)
-    two_cfg["training"]["batch_size"] = 2  # per process: the same global batch of 4
-    two = _run_script(tmp_path, two_cfg, "two")
-    subprocess.run([sys.executable, "-m", "core.cli", "finetune", str(one), "-o", str(tmp_path / "one")],
-                   check=True, env=_env(), capture_output=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-                "-m", "core.finetune", str(two), "-o", str(tmp_path / "two")]
+    two_cfg["training"].update(batch_size=2, strategy=strategy)  # per process: the same global batch of 4
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                "-m", "core.finetune", str(_run_script(tmp_path, two_cfg, "two")), "-o", str(tmp_path / "two")]
     done = subprocess.run(torchrun, env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     host = core.Host(load_entrypoints=False)
-    a = core.Assistant.from_pretrained(tmp_path / "one", host=host)
+    a = core.Assistant.from_pretrained(one, host=host)
     b = core.Assistant.from_pretrained(tmp_path / "two", host=host)
     for (name, x), y in zip(weights(a.model).items(), weights(b.model).values()):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+    # every process ended with the same parameters (the saved ones are rank 0's; rank 1 logged its own)
+    final = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert final[-1]["split"] in ("validation", "test")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from core.bundled import chat, digits, motion, sentiment, shapes
-from core.bundled.common import SPLITS, Built, read_jsonl, write_json, write_jsonl
+from core.bundled.common import SPLITS, Built, llava_record, read_jsonl, write_json, write_jsonl
 from core.errors import DataFormatError, UnknownNameError
 
 # Bump whenever any builder's output changes: it names the default cache folder, and a built folder
@@ -38,7 +38,7 @@ ENV_DATA_DIR = "MMASSIST_DATA_DIR"
 MIX_SEED = 6
 # Chat records are few; the training mix repeats them so that they are not drowned out.
 MIX_CHAT_REPEAT = 5
-MIX_PROMPTS = {"image": "Describe this image.", "video": "Describe this video."}
+_MEDIA_FOLDERS = {"images": "image", "videos": "video"}
 
 BUNDLED: dict[str, Callable[..., Built]] = {
     "shapes": shapes.build,
@@ -103,8 +103,9 @@ def build_all(root: str | Path, *, small: bool = False) -> Path:
 def resolve(uri: str, *, root: str | Path | None = None, small: bool = False) -> Path:
     """The absolute path a ``bundled:`` URI names, building what it needs first.
 
-    ``bundled:<dataset>/<file>`` builds that dataset, ``bundled:mix_<split>.jsonl`` (or anything else
-    at the top level) builds them all. ``root`` defaults to :func:`default_root`.
+    ``bundled:<dataset>/<file>`` (or ``bundled:<dataset>``, the folder) builds that dataset;
+    ``bundled:mix_<split>.jsonl`` builds them all and the mix. ``root`` defaults to
+    :func:`default_root`; ``small`` builds the small versions (for tests).
     """
     if not uri.startswith(URI_PREFIX):
         raise DataFormatError(f"{uri!r} is not a bundled data URI; they look like "
@@ -153,6 +154,8 @@ def _is_current(folder: Path, small: bool) -> bool:
 
 def _install(tmp: Path, target: Path, small: bool) -> None:
     """Rename the freshly built ``tmp`` to ``target``, moving a stale ``target`` out of the way."""
+    if _is_current(target, small):  # built meanwhile by someone without the lock: keep theirs
+        return
     stale = None
     if target.exists():
         stale = target.with_name(f".{target.name}-stale-{os.getpid()}-{random.getrandbits(32):08x}")
@@ -206,6 +209,8 @@ def _mix_is_current(root: Path, small: bool) -> bool:
 def _build_mix(root: Path, small: bool) -> None:
     """``mix_{split}.jsonl``: captions (as a describe prompt), QA, sentiment and chat of every dataset,
     with media paths relative to ``root``, shuffled with a fixed seed."""
+    from core.data import DEFAULT_CAPTION_PROMPTS  # the prompt the caption reader and Assistant.caption use
+
     rng = random.Random(MIX_SEED)
     counts = {}
     for split in SPLITS:
@@ -216,13 +221,9 @@ def _build_mix(root: Path, small: bool) -> None:
             captions = folder / f"captions_{split}.jsonl"
             if captions.is_file():
                 for i, rec in enumerate(read_jsonl(captions)):
-                    modality = rec["file"].split("/", 1)[0].rstrip("s")  # images/ -> image, videos/ -> video
-                    taken.append({
-                        "id": f"{name}-caption-{split}-{i:05d}",
-                        modality: f"{name}/{rec['file']}",
-                        "conversations": [{"from": "human", "value": f"<{modality}>\n{MIX_PROMPTS[modality]}"},
-                                          {"from": "gpt", "value": rec["caption"]}],
-                    })
+                    modality = _MEDIA_FOLDERS[rec["file"].split("/", 1)[0]]
+                    taken.append(llava_record(f"{name}-caption-{split}-{i:05d}", DEFAULT_CAPTION_PROMPTS[modality],
+                                              rec["caption"], {modality: f"{name}/{rec['file']}"}))
                 per_source[f"{name}_captions"] = len(taken)
             qa = []
             for rec in read_jsonl(folder / f"qa_{split}.jsonl"):

@@ -18,7 +18,7 @@ import os
 import random
 from pathlib import Path
 
-from core.bundled.common import SMALL_COUNTS, SPLITS, Built, llava_record, write_jsonl
+from core.bundled.common import SMALL_COUNTS, Built, llava_record, write_jsonl
 from core.errors import DataFormatError
 
 SEED = 4

@@ -1,0 +1,310 @@
+"""The web app, served in this process on a free local port and driven through gradio_client.
+
+A tiny captioning model (it answers "a red square" for a red square) is fine-tuned once for the
+module; the app gets it as its default model. Every check goes through the app's public endpoints
+the way a browser or a script would: /chat, /caption, /start_finetune, /job_status, /models...
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+import core
+from ui.testing import COLOURS, colour_squares, serve, tiny_caption_config, train_tiny_model
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+UPLOAD_LIMIT_MB = 1
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def host():
+    return core.Host(load_entrypoints=False)
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory):
+    return colour_squares(tmp_path_factory.mktemp("squares"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(squares, host, tmp_path_factory):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 64-wide model: more threads only add overhead
+    try:
+        yield train_tiny_model(squares, tmp_path_factory.mktemp("model") / "tiny", host=host)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model, host, tmp_path_factory):
+    from ui.app import build_app
+
+    return build_app(str(tiny_model), host=host, upload_limit_mb=UPLOAD_LIMIT_MB,
+                     runs_dir=tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def url(app):
+    with serve(app) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return Client(url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    import numpy as np
+
+    from plugins.video import moving_shapes, write_test_video
+
+    folder = tmp_path_factory.mktemp("video")
+    return write_test_video(folder / "shapes.mp4", moving_shapes(16, seed=0).astype(np.uint8), fps=8)
+
+
+def ask(client: Client, text: str, *files: Path, model: str = "", follow_up: bool = False, **kw) -> str:
+    """One chat turn; a new conversation unless ``follow_up``."""
+    if not follow_up:
+        client.reset_session()
+    message = {"text": text, "files": [handle_file(str(f)) for f in files]}
+    return client.predict(message, model, kw.get("temperature", 0.0), kw.get("top_p", 1.0),
+                          kw.get("max_new_tokens", 20), api_name="/chat")
+
+
+def wait_for_job(client: Client, until=lambda s: s["phase"] in ("done", "stopped", "failed"), timeout=120):
+    deadline = time.time() + timeout
+    seen = []
+    while time.time() < deadline:
+        status = client.predict(api_name="/job_status")
+        seen.append(status)
+        if until(status):
+            return status, seen
+        time.sleep(0.3)
+    raise AssertionError(f"the job did not get there in {timeout} s; last status {seen[-1] if seen else None}")
+
+
+# -- chat ---------------------------------------------------------------------------------------
+
+
+def test_a_chat_turn_with_an_image_streams_the_right_answer_and_a_follow_up_works(client, squares):
+    client.reset_session()
+    job = client.submit({"text": "Describe.", "files": [handle_file(str(squares / "red.png"))]}, "", 0.0, 1.0,
+                        20, api_name="/chat")
+    assert job.result(timeout=60) == "a red square"
+    pieces = [p for p in job.outputs() if p]
+    assert len(pieces) > 1 and all(b.startswith(a) for a, b in zip(pieces, pieces[1:])), "no stream"
+    # a follow-up in the same session carries the earlier turns, their image included
+    assert isinstance(ask(client, "And this one?", squares / "green.png", follow_up=True), str)
+    assert ask(client, "", squares / "blue.png") == "a blue square"  # no text: the model's own prompt
+
+
+def test_the_history_keeps_answered_turns_with_their_files_and_drops_failed_ones():
+    from ui.chat import history_turns
+
+    history = [
+        {"role": "user", "content": [{"path": "/a.png"}, "what is this?"]},  # as ChatInterface appends it
+        {"role": "assistant", "content": "a red square"},
+        {"role": "user", "content": [{"type": "file", "file": {"path": "/broken.mp4"}}]},  # failed: no answer
+        {"role": "user", "content": [{"type": "text", "text": "and this?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a blue square"}]},
+    ]
+    assert history_turns(history) == [("user", "what is this?", ["/a.png"]), ("assistant", "a red square", []),
+                                      ("user", "and this?", []), ("assistant", "a blue square", [])]
+
+
+def test_sixteen_concurrent_chats_all_get_their_own_right_answer(url, squares):
+    colours = [list(COLOURS)[i % len(COLOURS)] for i in range(16)]
+
+    def one(colour: str) -> str:
+        own = Client(url, verbose=False)  # a session each: no shared history
+        return ask(own, "Describe.", squares / f"{colour}.png")
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(one, colours, timeout=240))
+    assert answers == [f"a {c} square" for c in colours]
+
+
+# -- caption ------------------------------------------------------------------------------------
+
+
+def test_caption_many_files_with_csv_and_jsonl_downloads(client, squares, clip):
+    files = [squares / "yellow.png", squares / "green.png", clip]
+    table, downloads = client.predict([handle_file(str(f)) for f in files], "", api_name="/caption")
+    rows = table["data"]
+    assert [r[0] for r in rows] == ["yellow.png", "green.png", "shapes.mp4"]
+    assert rows[0][1] == "a yellow square" and rows[1][1] == "a green square"
+    assert isinstance(rows[2][1], str) and rows[2][1], "the video got no caption"
+    by_name = {Path(p).name: Path(p) for p in downloads}
+    assert by_name["captions.csv"].read_text().splitlines()[0] == "file,caption"
+    records = [json.loads(line) for line in by_name["captions.jsonl"].read_text().splitlines()]
+    assert records[0] == {"file": "yellow.png", "caption": "a yellow square"}
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def app_error(call) -> str:
+    with pytest.raises(Exception) as info:
+        call()
+    return str(info.value)
+
+
+def test_bad_inputs_give_readable_errors_and_the_app_keeps_serving(client, squares, clip, tmp_path):
+    corrupt = tmp_path / "broken.mp4"
+    corrupt.write_bytes(clip.read_bytes()[:1500])  # an MP4 header, then nothing
+    message = app_error(lambda: client.predict([handle_file(str(corrupt))], "", api_name="/caption"))
+    assert "broken.mp4" in message and "video" in message and "/gradio/" not in message, message
+    assert "video" in app_error(lambda: ask(client, "Describe.", corrupt)).lower()
+
+    fake = tmp_path / "notes.png"
+    fake.write_text("this is text, not a picture\n" * 20)
+    message = app_error(lambda: ask(client, "Describe.", fake))
+    assert "notes.png" in message, message
+
+    wrong = tmp_path / "notes.txt"
+    wrong.write_text("plain text")
+    assert "file type" in app_error(lambda: ask(client, "Describe.", wrong)).lower()
+
+    big = tmp_path / "big.png"
+    big.write_bytes((squares / "red.png").read_bytes() + b"\0" * (UPLOAD_LIMIT_MB * 1024 * 1024 + 10))
+    message = app_error(lambda: ask(client, "Describe.", big))
+    assert "size" in message.lower() or "large" in message.lower() or "413" in message, message
+
+    assert "not a folder" in app_error(lambda: ask(client, "Describe.", squares / "red.png",
+                                                   model=str(tmp_path / "nowhere")))
+    assert "starter" in app_error(lambda: ask(client, "hello", model="starter")) or _starter_exists()
+    assert ask(client, "Describe.", squares / "yellow.png") == "a yellow square"  # still serving
+
+
+def _starter_exists() -> bool:
+    try:
+        core.Assistant.from_pretrained("starter")
+    except Exception:
+        return False
+    return True
+
+
+# -- fine-tune ----------------------------------------------------------------------------------
+
+
+def zipped(folder: Path, target: Path) -> Path:
+    with zipfile.ZipFile(target, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f"squares/{f.name}")
+    return target
+
+
+def start(client: Client, dataset: Path, **form):
+    """Start a fine-tune with the tiny config in the YAML; the form's values win over it."""
+    config = tiny_caption_config(None, video=False, epochs=100)
+    values = {"task_kind": "caption", "task_prompt": "Describe.", "task_labels": "", "training_epochs": 100,
+              "training_max_steps": 6, "training_batch_size": 4, "training_lr": 5e-3, "training_eval_every": 3,
+              "data_validation_fraction": 0.25, "decoder_freeze": False, "training_lora_enabled": False, **form}
+    return client.predict(dataset=handle_file(str(dataset)), data_path="", config_yaml=yaml.safe_dump(config),
+                          api_name="/start_finetune", **values)
+
+
+def test_a_short_fine_tune_reports_progress_and_its_model_can_be_chosen_in_chat(client, squares, tmp_path):
+    start(client, zipped(squares, tmp_path / "squares.zip"))
+    status, seen = wait_for_job(client)
+    assert status["phase"] == "done", status
+    assert status["max_steps"] == 6 and status["step"] == 6  # the form's max_steps won over the YAML's epochs
+    series = {p["series"] for p in status["points"]}
+    assert series == {"train loss", "validation loss"}
+    assert [p["step"] for p in status["points"] if p["series"] == "train loss"] == [1, 2, 3, 4, 5, 6]
+    assert "validation" in status["metrics"] and "loss" in status["metrics"]["validation"]
+    model = status["output_dir"]
+    assert str(Path(model).resolve()) in client.predict(api_name="/models")
+    answer = ask(client, "Describe.", squares / "red.png", model=model)
+    assert isinstance(answer, str)
+
+
+def test_one_job_at_a_time_and_stop_ends_a_job_early(client, squares, tmp_path):
+    data = zipped(squares, tmp_path / "squares.zip")
+    start(client, data, training_max_steps=400, training_eval_every=None, data_validation_fraction=0.0)
+    wait_for_job(client, until=lambda s: s["step"] >= 2 or s["phase"] in ("done", "stopped", "failed"))
+    assert "already running" in app_error(lambda: start(client, data))
+    assert ask(client, "Describe.", squares / "green.png") == "a green square"  # chat works meanwhile
+    client.predict(api_name="/stop_finetune")
+    status, _ = wait_for_job(client)
+    assert status["phase"] == "stopped" and 2 <= status["step"] < 400, status
+
+
+def test_a_bad_config_or_dataset_is_a_readable_error(client, squares, tmp_path):
+    assert "training.lr" in app_error(lambda: start(client, zipped(squares, tmp_path / "a.zip"), training_lr=-1))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.md").write_text("no data here")
+    message = app_error(lambda: start(client, zipped(empty, tmp_path / "b.zip")))
+    assert "training data" in message, message
+
+
+# -- plugins and options ------------------------------------------------------------------------
+
+
+def test_the_plugins_tab_lists_encoders_with_types_and_origin(client):
+    encoders, failed = client.predict(api_name="/plugins")
+    rows = {r[0]: dict(zip(encoders["headers"], r)) for r in encoders["data"]}
+    assert {"image/timm", "video/decord", "text/hf"} <= set(rows)
+    assert ".png" in rows["image/timm"]["file extensions"] and ".mp4" in rows["video/decord"]["file extensions"]
+    assert rows["image/timm"]["distribution"] == "mmassist"
+    assert failed["headers"][-1] == "error"
+
+
+def test_an_installed_audio_plugin_makes_audio_attachable_and_broken_plugins_are_listed(monkeypatch):
+    from ui.app import media_file_types, plugin_tables
+
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "mmassist-audio"))
+    import mmassist_audio
+
+    class Broken:
+        @core.hookimpl
+        def register_encoders(self, register):
+            raise RuntimeError("its weights are missing")
+
+    host = core.Host(load_entrypoints=False, plugins=[mmassist_audio, Broken()])
+    assert ".wav" in media_file_types(host)
+    _, failed = plugin_tables(host)
+    assert [row[0] for row in failed["data"]] == ["Broken"] and "weights are missing" in failed["data"][0][-1]
+
+
+def test_launch_options_are_local_and_private_by_default():
+    from ui.server import launch_options
+
+    opts = launch_options(auth="ann:secret", upload_limit_mb=5)
+    assert opts["server_name"] == "127.0.0.1" and opts["share"] is False
+    assert opts["auth"] == ("ann", "secret") and opts["max_file_size"] == "5mb"
+    with pytest.raises(core.ConfigError, match="user:password"):
+        launch_options(auth="nopassword")
+
+
+def test_importing_ui_builds_nothing():
+    import subprocess
+
+    code = "import ui, sys; print('gradio' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_the_cli_has_a_ui_command():
+    from core.cli import build_parser
+
+    args = build_parser().parse_args(["ui", "--port", "7999", "--auth", "a:b", "--upload-limit-mb", "3"])
+    assert (args.host, args.port, args.auth, args.upload_limit_mb) == ("127.0.0.1", 7999, "a:b", 3.0)

@@ -1,0 +1,188 @@
+"""The web app in a real headless Chromium (Debian's ``chromium``, driven by ``playwright``).
+
+One walk through the page, the way a person uses it: attach an image in Chat and watch the answer
+stream in; caption two files; start a fine-tune on an uploaded zip, watch the loss plot grow, stop
+it; read the Plugins tab. Every request the page makes must go to the app itself. A screenshot of
+each tab is saved in ``test-artifacts/``; with ``MMASSIST_UPDATE_SCREENSHOTS=1`` they are also
+copied to ``docs/screenshots/<tab>.png`` for the README.
+
+Needs the ``playwright`` Python package and ``/usr/bin/chromium`` (``make test`` installs both;
+never ``playwright install``: no browser is downloaded). Skipped with the reason when either is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import core
+from ui.testing import colour_squares, serve, tiny_caption_config, train_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+README_SHOTS = REPO / "docs" / "screenshots"
+CHROMIUM = Path(os.environ.get("MMASSIST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 90_000
+pytestmark = pytest.mark.slow
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
+                               "(pip install playwright; the browser is Debian's chromium, not a download)")
+if not CHROMIUM.is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMASSIST_CHROMIUM)",
+                allow_module_level=True)
+
+# Records every text the newest assistant message shows, so streaming can be checked afterwards.
+WATCH_ANSWER = """() => {
+  window.__answers = [];
+  const box = document.querySelector('#chatbot');
+  new MutationObserver(() => {
+    const bots = box.querySelectorAll('[data-testid="bot"]');
+    if (!bots.length) return;
+    const text = bots[bots.length - 1].innerText.trim();
+    if (text && window.__answers[window.__answers.length - 1] !== text) window.__answers.push(text);
+  }).observe(box, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    import torch
+
+    from ui.app import build_app
+
+    tmp = tmp_path_factory.mktemp("browser")
+    squares = colour_squares(tmp / "squares")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        host = core.Host(load_entrypoints=False)
+        model = train_tiny_model(squares, tmp / "model", host=host)
+        app = build_app(str(model), host=host, runs_dir=tmp / "runs")
+        with serve(app) as url:
+            yield url, squares
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    url, _ = app_url
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            pg = browser.new_page(viewport={"width": 1280, "height": 1000})
+            pg.set_default_timeout(TIMEOUT_MS)
+            pg.requests = []
+            pg.on("request", lambda r: pg.requests.append(r.url))
+            pg.goto(url, wait_until="load")
+            pg.wait_for_selector("#chat-input textarea")
+            yield pg
+        finally:
+            browser.close()
+
+
+def shoot(page, tab: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"ui-{tab}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("MMASSIST_UPDATE_SCREENSHOTS") == "1":
+        README_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, README_SHOTS / f"{tab}.png")
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_chat_with_an_uploaded_image_streams_the_answer(page, app_url):
+    _, squares = app_url
+    page.evaluate(WATCH_ANSWER)
+    page.set_input_files("#chat-input input[type=file]", str(squares / "red.png"))
+    page.wait_for_selector("#chat-input img, #chat-input .thumbnail-item")  # the attachment is shown
+    page.fill("#chat-input textarea", "Describe.")
+    page.press("#chat-input textarea", "Enter")
+    page.wait_for_function("() => (window.__answers || []).includes('a red square')")
+    answers = page.evaluate("window.__answers")
+    assert answers[-1] == "a red square"
+    assert len(answers) >= 2 and all("a red square".startswith(a) for a in answers), \
+        f"the answer did not stream in: {answers}"
+    shoot(page, "chat")
+
+
+def test_caption_two_files_in_the_browser(page, app_url):
+    _, squares = app_url
+    open_tab(page, "Caption")
+    page.set_input_files("#caption-files input[type=file]", [str(squares / "green.png"), str(squares / "blue.png")])
+    page.wait_for_selector("#caption-files >> text=blue.png")
+    page.click("#caption-button")
+    page.wait_for_selector("#caption-table >> text=a blue square")
+    assert page.locator("#caption-table >> text=a green square").count() >= 1
+    shoot(page, "caption")
+
+
+def test_fine_tune_shows_a_growing_loss_plot_and_stops(page, app_url, tmp_path):
+    _, squares = app_url
+    archive = tmp_path / "squares.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(squares.iterdir()):
+            zf.write(f, f"squares/{f.name}")
+    open_tab(page, "Fine-tune")
+    page.set_input_files("#dataset-file input[type=file]", str(archive))
+    page.wait_for_selector("#dataset-file >> text=squares.zip")
+    # The tiny config goes into the YAML editor; leaving the editor fills the form from it.
+    import yaml
+
+    text = yaml.safe_dump(tiny_caption_config(None, video=False, epochs=500))
+    page.click("#config-yaml .cm-content")
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(text)
+    page.click("#field-training_max_steps input")  # blur the editor
+    page.wait_for_function("() => document.querySelector('#field-training_epochs input').value === '500'")
+    page.fill("#field-training_max_steps input", "")
+    page.click("#start-finetune")
+
+    plot = page.locator("#loss-plot")
+    page.wait_for_selector("#job-phase[data-phase=training]")
+    page.wait_for_function("() => +document.querySelector('#job-phase').dataset.step >= 2")
+    page.wait_for_timeout(1500)  # one more poll so the plot holds the points
+    first = plot.screenshot()
+    step = int(page.get_attribute("#job-phase", "data-step"))
+    page.wait_for_function(f"() => +document.querySelector('#job-phase').dataset.step >= {step + 4}")
+    page.wait_for_timeout(1500)
+    assert plot.screenshot() != first, "the loss plot did not change while training"
+    shoot(page, "finetune")
+
+    page.click("#stop-finetune")
+    page.wait_for_selector("#job-phase[data-phase=stopped]")
+    stopped_at = int(page.get_attribute("#job-phase", "data-step"))
+    assert stopped_at < 2000  # 500 epochs of one batch: it ended because of Stop
+    page.wait_for_selector("#use-model", state="visible")
+
+
+def test_plugins_tab_lists_the_encoders(page):
+    open_tab(page, "Plugins")
+    page.wait_for_selector("#plugins-table >> text=image/timm")
+    assert page.locator("#plugins-table >> text=video/decord").count() >= 1
+    shoot(page, "plugins")
+
+
+def test_the_page_made_no_outside_requests(page, app_url):
+    url, _ = app_url
+    outside = [u for u in page.requests if not u.startswith((url, "data:", "blob:"))]
+    assert not outside, f"requests left the machine: {outside[:5]}"
+
+
+def test_use_the_fine_tuned_model_in_chat(page, app_url):
+    _, squares = app_url
+    open_tab(page, "Fine-tune")
+    page.click("#use-model")
+    page.wait_for_selector("#chat-input textarea", state="visible")
+    value = page.input_value("#model-picker input")
+    assert "caption-" in value, value
