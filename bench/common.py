@@ -21,9 +21,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 @dataclass
 class Timing:
-    """Seconds of each repeat of one measured call."""
+    """Seconds of each repeat of one measured call: wall clock, and CPU time of the whole process
+    (all threads). CPU time well under wall time on a busy machine means waiting for a core."""
 
     times: list[float]
+    cpu_times: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -32,6 +34,10 @@ class Timing:
     @property
     def best(self) -> float:
         return min(self.times)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_times) if self.cpu_times else float("nan")
 
 
 def time_it(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Timing:
@@ -45,12 +51,14 @@ def compare(fns: Mapping[str, Callable[[], Any]], repeats: int = 5, warmup: int 
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: Timing(t) for name, t in times.items()}
+            cpu[name].append(time.process_time() - start_cpu)
+    return {name: Timing(times[name], cpu[name]) for name in fns}
 
 
 @dataclass

@@ -284,10 +284,12 @@ class _Run:
         if self.cfg.training.strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
+            # The decoder's layers are sharded one by one; everything else (embeddings, LM head,
+            # encoders, fusion, head) forms the root unit, gathered for the whole forward pass,
+            # since the model embeds and splices before it calls the decoder.
             for layer in _decoder_layers(model.decoder):
                 fully_shard(layer)
-            fully_shard(model.decoder)
-            fully_shard(model)  # the encoders, fusion and head: their gradients are reduced too
+            fully_shard(model)
             return model
         from torch.nn.parallel import DistributedDataParallel
 
@@ -379,7 +381,12 @@ class _Run:
         if self._evaluator is None:
             self._evaluator = Assistant(self.model, self.tokenizer, self.cfg, self.host, device=self.device)
         limit = self.cfg.training.eval_generate if generate_limit is None else generate_limit
+        sharded = hasattr(self.model, "unshard")  # FSDP: generation calls parts outside forward()
+        if sharded:
+            self.model.unshard()
         metrics = evaluate_examples(self._evaluator, self.splits[split], self.cfg.training.batch_size, limit)
+        if sharded:
+            self.model.reshard()
         self.log({"split": split, **metrics})
         return metrics
 

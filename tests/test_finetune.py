@@ -276,8 +276,39 @@ def test_two_processes_match_one_process_with_the_same_global_batch(one_process_
     host = core.Host(load_entrypoints=False)
     a = core.Assistant.from_pretrained(one, host=host)
     b = core.Assistant.from_pretrained(tmp_path / "two", host=host)
+    # Two processes sum gradients in another order than one: Adam turns that float noise into
+    # differences of about 1.5e-5 on weights of about 0.1 after 8 steps (measured, DDP and FSDP).
+    for (name, x), y in zip(weights(a.model).items(), weights(b.model).values()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=5e-5, msg=name)
+
+
+def test_param_groups_give_per_component_lrs_and_no_decay_on_norms_and_biases(classify_file, host):
+    from core.finetune import apply_freezing, param_groups
+
+    cfg = core.FusionConfig.from_dict(classify_cfg(classify_file, lr=1e-3, lr_fusion=2e-3, lr_head=3e-3))
+    cfg = cfg.override(**{"encoders.image.lr": 4e-4, "decoder.lr": 5e-4})
+    model = core.Assistant.from_config(cfg, host=host).model
+    apply_freezing(model, cfg)
+    by_param = {id(p): g for g in param_groups(model, cfg) for p in g["params"]}
+    expected_lr = {"encoders.image.": 4e-4, "decoder.": 5e-4, "fusion.": 2e-3, "head.": 3e-3}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert id(p) not in by_param
+            continue
+        group = by_param[id(p)]
+        assert group["lr"] == next(v for k, v in expected_lr.items() if name.startswith(k)), name
+        assert group["weight_decay"] == (cfg.training.weight_decay if p.ndim >= 2 else 0.0), name
+    # classification never uses the LM head: it is not trained (nor left for DDP to wait on)
+    assert not model.decoder.lm_head.weight.requires_grad
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(classify_file, host, tmp_path):
+    base = classify_cfg(classify_file, epochs=1, dropout=0.0, eval_every=100, group_by_length=False)
+    base["data"]["validation_fraction"] = 0.0
+    big = core.finetune(base, output_dir=tmp_path / "big", host=host)
+    small = core.finetune(base, output_dir=tmp_path / "small", host=host,
+                          **{"training.batch_size": 2, "training.grad_accum": 2})
+    a = core.Assistant.from_pretrained(big.output_dir, host=host)
+    b = core.Assistant.from_pretrained(small.output_dir, host=host)
     for (name, x), y in zip(weights(a.model).items(), weights(b.model).values()):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
-    # every process ended with the same parameters (the saved ones are rank 0's; rank 1 logged its own)
-    final = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert final[-1]["split"] in ("validation", "test")

@@ -174,23 +174,30 @@ def build_app(model: str | None = None, *, host: Host | None = None,
                 first_yaml = template_yaml("caption")
                 first_values = form_values(first_yaml, fields)
                 with gr.Row():
-                    with gr.Column(scale=1):
-                        start_from = gr.Dropdown(starts, value=starts[0], label="Start from",
-                                                 info="a small template per task, or a bundled example config")
-                        dataset = gr.File(label="Dataset: a data file, or a .zip of a captions folder or of a "
-                                                "data file with its media",
-                                          file_types=[".zip", *DATA_SUFFIXES], elem_id="dataset-file")
-                        data_path = gr.Textbox(label="…or a dataset path on the server",
-                                               placeholder="/data/my-captions (leave empty to use data.train)")
-                        inputs = {f.param: form_input(gr, f, v) for f, v in zip(fields, first_values)}
-                    with gr.Column(scale=1):
-                        config_yaml = gr.Code(first_yaml, language="yaml", label="Config (YAML)", lines=28,
-                                              max_lines=40, interactive=True, elem_id="config-yaml")
+                    start_from = gr.Dropdown(starts, value=starts[0], label="Start from",
+                                             info="a small template per task, or a bundled example config")
+                    dataset = gr.File(label="Dataset: a data file, or a .zip of a captions folder or of a data "
+                                            "file with its media", file_types=[".zip", *DATA_SUFFIXES],
+                                      height=120, elem_id="dataset-file")
+                    data_path = gr.Textbox(label="…or a dataset path on the server",
+                                           info="used when nothing is uploaded; empty: data.train of the YAML",
+                                           placeholder="/data/my-captions")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3):
+                        inputs = {}
+                        for row in range(0, len(fields), 3):
+                            with gr.Row():
+                                for f, v in zip(fields[row: row + 3], first_values[row: row + 3]):
+                                    inputs[f.param] = form_input(gr, f, v)
+                    with gr.Column(scale=2):
+                        config_yaml = gr.Code(first_yaml, language="yaml", label="Config (YAML): the form's "
+                                              "fields override it", lines=24, max_lines=32, interactive=True,
+                                              elem_id="config-yaml")
                 with gr.Row():
                     start = gr.Button("Start fine-tuning", variant="primary", elem_id="start-finetune")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop-finetune")
                 status = gr.HTML(render_status(None), elem_id="finetune-status")
-                plot = gr.LinePlot(plot_frame([]), x="step", y="value", color="series", title="Loss and metrics",
+                plot = gr.LinePlot(None, x="step", y="value", color="series", title="Loss and metrics",
                                    x_title="step", y_title="value", height=300, elem_id="loss-plot")
                 report = gr.JSON(label="Evaluation report", elem_id="eval-report")
                 use_model = gr.Button("Use this model in Chat", visible=False, elem_id="use-model")
@@ -241,7 +248,7 @@ def build_app(model: str | None = None, *, host: Host | None = None,
                                               "or set data.train in the YAML")
                         cfg = FusionConfig.from_dict(data)
                         job = runner.start(cfg, out)
-                    return [render_status(job.snapshot()), plot_frame([]), None, gr.Timer(active=True),
+                    return [render_status(job.snapshot()), None, None, gr.Timer(active=True),
                             gr.Button(visible=False)]
 
                 start.click(start_finetune, [dataset, data_path, config_yaml], [status, plot, report, timer, use_model],
@@ -267,7 +274,7 @@ def build_app(model: str | None = None, *, host: Host | None = None,
                     final = not snap.running
                     return [
                         render_status(snap),
-                        plot_frame(snap.points),
+                        plot_frame(snap.points, snap.series),
                         report_of(snap) if final else gr.skip(),
                         gr.Timer(active=not final),
                         gr.Button(visible=final and snap.phase != "failed"),
@@ -390,10 +397,25 @@ def new_run_dir(runs_dir: Path, task: str) -> Path:
     return out
 
 
-def plot_frame(points: list[dict[str, Any]]):
+def plot_frame(points: list[dict[str, Any]], series: list[str] = ()):
+    """The plot's data: None until there is a point, then typed columns with every planned series.
+
+    Gradio 6's plot fixes its axis types and colour domain from the first data it draws, so it
+    must not start from an empty frame, and each line the run will draw is present (as one
+    blank point) from the start.
+    """
     import pandas as pd
 
-    return pd.DataFrame(points, columns=["step", "value", "series"])
+    if not points:
+        return None
+    drawn = {p["series"] for p in points}
+    points = points + [{"step": points[0]["step"], "value": float("nan"), "series": s}
+                       for s in series if s not in drawn]
+    return pd.DataFrame({
+        "step": pd.Series([p["step"] for p in points], dtype="int64"),
+        "value": pd.Series([p["value"] for p in points], dtype="float64"),
+        "series": pd.Series([p["series"] for p in points], dtype="str"),
+    })
 
 
 def render_status(snap: Snapshot | None) -> str:

@@ -32,6 +32,18 @@ class JobBusyError(MMAssistError):
     """A fine-tune was started while another one runs."""
 
 
+def planned_series(cfg: FusionConfig) -> list[str]:
+    """The plot's lines a run will draw: the training loss, and the validation loss and metric
+    when the run has validation data (the names :class:`ProgressRecorder` gives its points)."""
+    series = ["train loss"]
+    if cfg.data.validation or cfg.data.validation_fraction > 0:
+        metric = cfg.training.metric
+        if metric == "auto":
+            metric = "accuracy" if cfg.task.kind == "classification" else "loss"
+        series += [f"validation {name}" for name in dict.fromkeys(("loss", metric))]
+    return series
+
+
 @dataclass
 class Snapshot:
     """A consistent copy of a job's progress, safe to read from any thread."""
@@ -44,6 +56,7 @@ class Snapshot:
     loss: float | None
     elapsed: float
     points: list[dict[str, Any]]
+    series: list[str]
     metrics: dict[str, Any] | None
     output_dir: str
     error: str | None
@@ -91,7 +104,7 @@ class FinetuneJob:
             return Snapshot(
                 run_name=self.output_dir.name, phase=self.phase, step=self.step, max_steps=self.max_steps,
                 epoch=self.epoch, loss=self.loss, elapsed=(self.ended or time.time()) - self.started,
-                points=list(self.points), metrics=self.metrics, output_dir=str(self.output_dir),
+                points=list(self.points), series=planned_series(self.cfg), metrics=self.metrics, output_dir=str(self.output_dir),
                 error=self.error, stop_requested=self.stop_event.is_set(),
             )
 
