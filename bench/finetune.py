@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -60,20 +60,23 @@ def _config(s: Setup, feature_cache: bool):
 # -- our loop: the steps of core.finetune ----------------------------------------------------------
 
 
-def our_steps(model, processor, cfg, train, lengths, *, feature_cache: bool) -> Iterator[int]:
-    """Train 3 epochs as ``core.finetune`` does; yield the number of real tokens after each step."""
+def our_steps(model, processor, cfg, train, seq_lengths, *, feature_cache: bool) -> Iterator[int]:
+    """Train as ``core.finetune`` does; after each step yield the tokens of the padded batch
+    (``seq_lengths``: each example's length with its image tokens, as the decoder sees it)."""
     from core.feature_cache import FeatureCache
     from core.finetune import apply_freezing, epoch_batches, lr_lambda, param_groups
 
     t = cfg.training
+    lengths = [len(e.input_ids) for e in train]  # what core.finetune groups by
     apply_freezing(model, cfg)
     model.feature_cache = FeatureCache(["image"]) if feature_cache else None
     optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=tuple(t.betas))
     batches_per_epoch = len(epoch_batches(lengths, t.batch_size, t.seed, 0, False))
-    total = EPOCHS * batches_per_epoch
+    epochs = int(t.epochs)
+    total = epochs * batches_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.scheduler, int(t.warmup_ratio * total), total))
     model.train()
-    for epoch in range(EPOCHS):
+    for epoch in range(epochs):
         for shard in epoch_batches(lengths, t.batch_size, t.seed, epoch, t.group_by_length):
             batch = processor.collate([train[i] for i in shard], cache=model.feature_cache)
             loss = model(batch).loss
@@ -83,7 +86,7 @@ def our_steps(model, processor, cfg, train, lengths, *, feature_cache: bool) -> 
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            yield sum(lengths[i] for i in shard)
+            yield len(shard) * max(seq_lengths[i] for i in shard)
 
 
 # -- the LLaVA loop ---------------------------------------------------------------------------------
@@ -99,13 +102,14 @@ def llava_inputs(encoded, image_id: int, image_tokens: int, pad_id: int) -> dict
     return {"input_ids": ids, "labels": labels}
 
 
-def llava_steps(llava, rows: list[dict], pixels: torch.Tensor, batch: int, seed: int, pad_id: int) -> Iterator[int]:
-    """A plain loop: shuffled batches padded to their longest row; yield real tokens per step."""
+def llava_steps(llava, rows: list[dict], pixels: torch.Tensor, batch: int, seed: int, pad_id: int,
+                epochs: int = EPOCHS) -> Iterator[int]:
+    """A plain loop: shuffled batches padded to their longest row; yield the padded batch's tokens."""
     params = [p for p in llava.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
     llava.train()
     llava.model.vision_tower.eval()  # frozen
-    for epoch in range(EPOCHS):
+    for epoch in range(epochs):
         order = np.random.default_rng([seed, epoch]).permutation(len(rows)).tolist()
         for s in range(0, len(order), batch):
             chunk = order[s: s + batch]
@@ -124,7 +128,7 @@ def llava_steps(llava, rows: list[dict], pixels: torch.Tensor, batch: int, seed:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            yield int(mask.sum())
+            yield ids.numel()
 
 
 def interleave(runs: dict[str, Iterator[int]]) -> dict[str, dict[str, float]]:
@@ -146,7 +150,6 @@ def interleave(runs: dict[str, Iterator[int]]) -> dict[str, dict[str, float]]:
 
 
 def run(quick: bool = False) -> Section:
-    from core.finetune import Example, encode_example
     from core.processor import Processor
 
     s = QUICK if quick else FULL
@@ -164,12 +167,13 @@ def run(quick: bool = False) -> Section:
     warm, train = encoded[: s.warmup_examples], encoded[s.warmup_examples:]
     with torch.no_grad():
         image_tokens = base.encoders["image"](**base.encoders["image"].preprocess(train[0].items["image"])).features.shape[1]
-    lengths = [len(e.input_ids) + image_tokens - 1 for e in train]  # as the model sees them
+    seq_lengths = [len(e.input_ids) + image_tokens - 1 for e in train]  # as the decoder sees them
     pixels = torch.cat([base.encoders["image"].preprocess(e.items["image"])["pixel_values"] for e in train])
     rows = [llava_inputs(e, image_id, image_tokens, tokenizer.pad_token_id) for e in train]
 
-    ours_cached, ours_plain = base, copy.deepcopy(base)
-    ours_plain.encoders = base.encoders  # the same frozen encoder object everywhere
+    encoder = base.encoders["image"]
+    share = {id(encoder): encoder}  # copies keep the one frozen encoder
+    ours_cached, ours_plain = base, copy.deepcopy(base, dict(share))
     llava = llava_twin(base, image_id)
     _check_equivalent(base, llava, processor, train[0], image_id, image_tokens, tokenizer.pad_token_id, section)
 
@@ -177,14 +181,13 @@ def run(quick: bool = False) -> Section:
     warm_rows = [llava_inputs(e, image_id, image_tokens, tokenizer.pad_token_id) for e in warm]
     warm_pixels = torch.cat([base.encoders["image"].preprocess(e.items["image"])["pixel_values"] for e in warm])
     warm_cfg = cfg.override(**{"training.epochs": 1})
-    for model in (copy.deepcopy(base),):
-        next(our_steps(model, processor, warm_cfg, warm, [len(e.input_ids) for e in warm], feature_cache=False))
-    next(llava_steps(copy.deepcopy(llava), warm_rows, warm_pixels, s.batch, 1, tokenizer.pad_token_id))
+    next(our_steps(copy.deepcopy(base, dict(share)), processor, warm_cfg, warm, [0] * len(warm), feature_cache=False))
+    next(llava_steps(copy.deepcopy(llava, dict(share)), warm_rows, warm_pixels, s.batch, 1, tokenizer.pad_token_id, 1))
 
     log(f"finetune: {EPOCHS} epochs x {len(train) // s.batch} steps, three runs interleaved")
     stats = interleave({
-        "ours, feature cache": our_steps(ours_cached, processor, cfg, train, lengths, feature_cache=True),
-        "ours, no cache": our_steps(ours_plain, processor, cfg, train, lengths, feature_cache=False),
+        "ours, feature cache": our_steps(ours_cached, processor, cfg, train, seq_lengths, feature_cache=True),
+        "ours, no cache": our_steps(ours_plain, processor, cfg, train, seq_lengths, feature_cache=False),
         "LLaVA, plain loop": llava_steps(llava, rows, pixels, s.batch, 0, tokenizer.pad_token_id),
     })
     real_tokens = sum(len(r["input_ids"]) for r in rows) * EPOCHS
@@ -192,12 +195,12 @@ def run(quick: bool = False) -> Section:
         section.row(run=name, steps=st["steps"], seconds=round(st["seconds"], 2),
                     **{"samples/s": len(train) * EPOCHS / st["seconds"],
                        "real tokens/s": real_tokens / st["seconds"],
-                       "padding share": round(1 - real_tokens / st["tokens"], 3) if name.startswith("LLaVA") else None})
+                       "padding share": round(1 - real_tokens / st["tokens"], 3)})
     cached, plain, ref = (stats[k]["seconds"] for k in ("ours, feature cache", "ours, no cache", "LLaVA, plain loop"))
     section.keys["finetune_speedup_vs_llava"] = ratio(ref, cached)
     section.keys["feature_cache_speedup"] = ratio(plain, cached)
     section.keys["finetune_speedup_vs_llava_without_cache"] = ratio(ref, plain)
-    _explain(section, s, base, processor, train, image_tokens)
+    _explain(section, s, base, train, image_tokens, quick)
     return section
 
 
@@ -215,14 +218,14 @@ def _check_equivalent(model, llava, processor, example, image_id, image_tokens, 
         raise AssertionError(f"the LLaVA twin is not equivalent: loss {ref} vs ours {ours}")
 
 
-def _explain(section: Section, s: Setup, model, processor, train, image_tokens: int) -> None:
+def _explain(section: Section, s: Setup, model, train, image_tokens: int, quick: bool) -> None:
     """Encoder time vs the rest of a step: the feature cache can at best give 3(E+D)/(E+3D)."""
     from bench.common import compare
 
     enc = model.encoders["image"]
     pixels = torch.cat([enc.preprocess(e.items["image"])["pixel_values"] for e in train[: s.batch]])
     with torch.no_grad():
-        t = compare({"encoder": lambda: enc(pixel_values=pixels)}, repeats=1 if section.keys.get("quick") else 2)
+        t = compare({"encoder": lambda: enc(pixel_values=pixels)}, repeats=1 if quick else 2)
     enc_s = t["encoder"].median
     steps_per_epoch = len(train) // s.batch
     cached = next(r for r in section.rows if r["run"] == "ours, feature cache")["seconds"]

@@ -68,7 +68,8 @@ class Processor:
 
     # -- conversations -----------------------------------------------------------------------
 
-    def conversation(self, prompt: str | Sequence[Mapping[str, Any]], media: Mapping[str, Sequence[Any]] = {}) -> Conversation:
+    def conversation(self, prompt: str | Sequence[Mapping[str, Any]],
+                     media: Mapping[str, Sequence[Any]] | None = None) -> Conversation:
         """Normalise a prompt or messages plus media keyword arguments into a :class:`Conversation`."""
         if isinstance(prompt, str):
             raw = [{"role": "user", "content": prompt}]
@@ -87,7 +88,7 @@ class Processor:
             messages.append({"role": role, "content": self._content_text(content, items, i)})
         if self.system_prompt and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        for modality, given in media.items():
+        for modality, given in (media or {}).items():
             given = list(given or [])
             if not given:
                 continue
@@ -172,11 +173,8 @@ class Processor:
         if with_labels:
             labels = [tok if any(s <= a < e for s, e in spans) else IGNORE_INDEX
                       for tok, (a, _) in zip(ids, enc["offset_mapping"])]
-        order = [self._modality_of(t) for t in self._placeholder_re.findall(full)] if self._placeholder_re else []
+        order = [tag[1:-1] for tag in self._placeholder_re.findall(full)] if self._placeholder_re else []  # <m> -> m
         return Encoded(ids, labels, conv.items, order, class_label)
-
-    def _modality_of(self, tag: str) -> str:
-        return tag[1:-1]
 
     # -- batching ----------------------------------------------------------------------------
 

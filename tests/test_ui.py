@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 import core
-from ui.testing import COLOURS, colour_squares, serve, tiny_caption_config, train_tiny_model
+from ui.testing import COLOURS, serve, tiny_caption_config, tiny_model
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -34,27 +34,26 @@ def host():
 
 
 @pytest.fixture(scope="module")
-def squares(tmp_path_factory):
-    return colour_squares(tmp_path_factory.mktemp("squares"))
+def trained(host, tmp_path_factory):
+    """The colour squares and a tiny model that captions them exactly (shared with the browser test)."""
+    return tiny_model(tmp_path_factory.getbasetemp() / "ui-tiny", host=host)
 
 
 @pytest.fixture(scope="module")
-def tiny_model(squares, host, tmp_path_factory):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 64-wide model: more threads only add overhead
-    try:
-        yield train_tiny_model(squares, tmp_path_factory.mktemp("model") / "tiny", host=host)
-    finally:
-        torch.set_num_threads(threads)
+def squares(trained):
+    return trained[0]
 
 
 @pytest.fixture(scope="module")
-def app(tiny_model, host, tmp_path_factory):
+def tiny_model_dir(trained):
+    return trained[1]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir, host, tmp_path_factory):
     from ui.app import build_app
 
-    return build_app(str(tiny_model), host=host, upload_limit_mb=UPLOAD_LIMIT_MB,
+    return build_app(str(tiny_model_dir), host=host, upload_limit_mb=UPLOAD_LIMIT_MB,
                      runs_dir=tmp_path_factory.mktemp("runs"))
 
 
@@ -166,7 +165,7 @@ def app_error(call) -> str:
     return str(info.value)
 
 
-def test_bad_inputs_give_readable_errors_and_the_app_keeps_serving(client, squares, clip, tmp_path):
+def test_bad_inputs_give_readable_errors_and_the_app_keeps_serving(client, url, squares, clip, tmp_path):
     corrupt = tmp_path / "broken.mp4"
     corrupt.write_bytes(clip.read_bytes()[:1500])  # an MP4 header, then nothing
     message = app_error(lambda: client.predict([handle_file(str(corrupt))], "", api_name="/caption"))
@@ -184,8 +183,12 @@ def test_bad_inputs_give_readable_errors_and_the_app_keeps_serving(client, squar
 
     big = tmp_path / "big.png"
     big.write_bytes((squares / "red.png").read_bytes() + b"\0" * (UPLOAD_LIMIT_MB * 1024 * 1024 + 10))
-    message = app_error(lambda: ask(client, "Describe.", big))
-    assert "size" in message.lower() or "large" in message.lower() or "413" in message, message
+    assert "maximum file size" in app_error(lambda: ask(client, "Describe.", big))  # refused before sending
+    import httpx
+
+    with big.open("rb") as f:  # and the server refuses it too, for clients that do not check
+        reply = httpx.post(url + "gradio_api/upload", files={"files": ("big.png", f, "image/png")}, timeout=60)
+    assert reply.status_code == 413 and "size" in reply.text.lower(), reply.text
 
     assert "not a folder" in app_error(lambda: ask(client, "Describe.", squares / "red.png",
                                                    model=str(tmp_path / "nowhere")))
@@ -256,6 +259,39 @@ def test_a_bad_config_or_dataset_is_a_readable_error(client, squares, tmp_path):
     assert "training data" in message, message
 
 
+def test_the_form_is_built_from_the_config_dataclasses():
+    from core.config import TASKS
+    from ui.forms import field_for, form_fields
+
+    lr = field_for("training.lr")
+    assert (lr.kind, lr.param) == ("float", "training_lr") and "learning rate" in lr.help
+    assert field_for("task.kind").choices == TASKS and field_for("training.max_steps").optional
+    assert field_for("task.labels").from_form("cat, dog ,") == ["cat", "dog"]
+    with pytest.raises(core.ConfigError, match="training.batch_size"):
+        field_for("training.batch_size").from_form(2.5)
+    assert all(f.help for f in form_fields())
+
+
+def test_uploaded_datasets_are_found_and_unsafe_zips_refused(squares, tmp_path):
+    from ui.datasets import prepare_dataset
+
+    found = prepare_dataset(zipped(squares, tmp_path / "a.zip"), "", tmp_path / "run1")
+    assert Path(found["train"]).name == "squares" and (Path(found["train"]) / "captions.jsonl").is_file()
+    with zipfile.ZipFile(tmp_path / "splits.zip", "w") as zf:
+        for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "README.md"):
+            zf.writestr(name, "{}\n")
+    found = prepare_dataset(tmp_path / "splits.zip", "", tmp_path / "run2")
+    assert {k: Path(v).name for k, v in found.items()} == {"train": "train.jsonl", "validation": "dev.jsonl",
+                                                            "test": "test.jsonl"}
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
+        zf.writestr("../../outside.txt", "gotcha")
+    with pytest.raises(core.DataFormatError, match="outside the archive"):
+        prepare_dataset(tmp_path / "evil.zip", "", tmp_path / "run3")
+    assert not (tmp_path / "outside.txt").exists()
+    assert prepare_dataset(None, "bundled:shapes/captions_train.jsonl", tmp_path) == {
+        "train": "bundled:shapes/captions_train.jsonl"}
+
+
 # -- plugins and options ------------------------------------------------------------------------
 
 
@@ -269,7 +305,8 @@ def test_the_plugins_tab_lists_encoders_with_types_and_origin(client):
 
 
 def test_an_installed_audio_plugin_makes_audio_attachable_and_broken_plugins_are_listed(monkeypatch):
-    from ui.app import media_file_types, plugin_tables
+    from ui.app import plugin_tables
+    from ui.shared import media_file_types
 
     monkeypatch.syspath_prepend(str(REPO / "examples" / "mmassist-audio"))
     import mmassist_audio

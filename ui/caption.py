@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -59,8 +61,14 @@ def _run(model: LoadedModel, paths: list[str]) -> list[str]:
 
 
 def write_exports(rows: Sequence[CaptionRow], folder: str | Path | None = None) -> tuple[Path, Path]:
-    """Write ``captions.csv`` and ``captions.jsonl`` (file, caption[, error]) into a new folder."""
-    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="mmassist-captions-"))
+    """Write ``captions.csv`` and ``captions.jsonl`` (file, caption[, error]) into ``folder``, by
+    default a new one under the system's temporary folder (those older than a day are removed)."""
+    if folder is None:
+        parent = Path(tempfile.gettempdir()) / "mmassist-captions"
+        parent.mkdir(exist_ok=True)
+        _prune(parent, max_age_s=24 * 3600)
+        folder = tempfile.mkdtemp(dir=parent)
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with_errors = any(r.error for r in rows)
     fields = ["file", "caption", "error"] if with_errors else ["file", "caption"]
@@ -74,3 +82,13 @@ def write_exports(rows: Sequence[CaptionRow], folder: str | Path | None = None) 
         for r in rows:
             f.write(json.dumps({k: getattr(r, k) for k in fields}, ensure_ascii=False) + "\n")
     return csv_path, jsonl_path
+
+
+def _prune(parent: Path, max_age_s: float) -> None:
+    now = time.time()
+    for old in parent.iterdir():
+        try:
+            if old.is_dir() and now - old.stat().st_mtime > max_age_s:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:  # removed meanwhile by another request
+            pass

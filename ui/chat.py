@@ -3,12 +3,13 @@
 Gradio gives the history as ``{"role", "content"}`` messages whose content is a string, a file
 (``{"path": ...}``) or a list of typed parts (``{"type": "text" | "file", ...}``). Files become
 typed parts of the modality the plugins route them to (``{"type": "image", "image": path}``), so
-earlier turns keep their pictures and clips. A user turn that got no answer (it failed) is left out,
-so one bad file does not break every later turn.
+earlier turns keep their pictures and clips. A user turn that failed (no answer, or an error note
+titled :data:`ERROR_TITLE` as its answer) is left out, so one bad file does not break every later turn.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from core.assistant import DEFAULT_CAPTION_PROMPT
@@ -18,6 +19,7 @@ from core.model import placeholder_token
 from ui.models import LoadedModel
 
 Turn = tuple[str, str, list[str]]  # (role, text, file paths)
+ERROR_TITLE = "Error"  # the metadata title of an error note in the conversation
 
 
 def file_path(item: Any) -> str | None:
@@ -43,14 +45,17 @@ def text_of(item: Any) -> str | None:
 
 
 def history_turns(history: Sequence[Mapping[str, Any]] | None) -> list[Turn]:
-    """Gradio's messages as (user, assistant) turn pairs; a user message with no answer (it failed) is dropped."""
+    """Gradio's messages as (user, assistant) turn pairs; a user message that failed (no answer, or an
+    error note as its answer) is dropped with the note."""
     turns: list[Turn] = []
     for msg in history or []:
         role = msg.get("role")
         content = msg.get("content")
         items = content if isinstance(content, list) else [content]
         text = "\n".join(t for t in (text_of(x) for x in items) if t)
-        if role == "user":
+        if role == "assistant" and (msg.get("metadata") or {}).get("title") == ERROR_TITLE:
+            turns.append(("error", text, []))  # the turn before it failed: both are left out
+        elif role == "user":
             turns.append(("user", text, [p for p in (file_path(x) for x in items) if p]))
         elif role == "assistant" and turns and turns[-1][0] == "assistant":
             turns[-1] = ("assistant", "\n".join(t for t in (turns[-1][1], text) if t), [])
@@ -70,7 +75,7 @@ def modality_of(path: str, model: LoadedModel, host: Host) -> str:
     if spec.modality not in encoders:
         reads = ", ".join(encoders) or "text only"
         raise UnsupportedInputError(f"this model takes no {spec.modality} input (it reads {reads}); "
-                                    f"remove {_name(path)} or pick another model")
+                                    f"remove {Path(path).name} or pick another model")
     return spec.modality
 
 
@@ -146,9 +151,3 @@ def classify(model: LoadedModel, host: Host, text: str, files: Sequence[str]) ->
     label = max(scores, key=scores.get)
     shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(scores.items(), key=lambda kv: -kv[1]))
     return f"**{label}** ({shown})"
-
-
-def _name(path: str) -> str:
-    from pathlib import Path
-
-    return Path(path).name

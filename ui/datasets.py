@@ -22,7 +22,8 @@ MAX_MEMBERS = 200_000
 
 
 def prepare_dataset(upload: str | Path | None, server_path: str | None, dest: Path) -> dict[str, str]:
-    """The ``data.*`` paths for a run: from an upload (copied or unpacked into ``dest``) or a server path.
+    """The ``data.*`` paths for a run: from an upload (copied or unpacked into ``dest``), or a path on
+    the server (a file, a folder, or ``bundled:<dataset>/<file>``).
 
     Returns ``{}`` when neither is given (the config's own ``data.train`` is used then).
     """
@@ -40,6 +41,8 @@ def prepare_dataset(upload: str | Path | None, server_path: str | None, dest: Pa
         shutil.copyfile(upload, target)
         return {"train": str(target)}
     if server_path and server_path.strip():
+        if server_path.strip().startswith("bundled:"):  # the project's own data, built on first use
+            return {"train": server_path.strip()}
         path = Path(server_path.strip()).expanduser()
         if not path.exists():
             raise DataFormatError("no such file or folder on the server", path=str(path))

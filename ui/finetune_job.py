@@ -14,7 +14,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from core.callbacks import TrainerCallback, TrainerControl, TrainerState
 from core.config import FusionConfig
@@ -104,8 +104,8 @@ class FinetuneJob:
             return Snapshot(
                 run_name=self.output_dir.name, phase=self.phase, step=self.step, max_steps=self.max_steps,
                 epoch=self.epoch, loss=self.loss, elapsed=(self.ended or time.time()) - self.started,
-                points=list(self.points), series=planned_series(self.cfg), metrics=self.metrics, output_dir=str(self.output_dir),
-                error=self.error, stop_requested=self.stop_event.is_set(),
+                points=list(self.points), series=planned_series(self.cfg), metrics=self.metrics,
+                output_dir=str(self.output_dir), error=self.error, stop_requested=self.stop_event.is_set(),
             )
 
 
@@ -142,19 +142,14 @@ class ProgressRecorder(TrainerCallback):
         self.job.update(step=state.step)
 
 
-Finetune = Callable[..., Any]
-
-
 class JobRunner:
     """Starts fine-tunes in a background thread, one at a time.
 
     :param host: the plugin host the runs build their models with.
-    :param finetune: the training function (``core.finetune``; replaceable for tests).
     """
 
-    def __init__(self, host: Host, finetune: Finetune | None = None):
+    def __init__(self, host: Host):
         self.host = host
-        self._finetune = finetune
         self._job: FinetuneJob | None = None
         self._lock = threading.Lock()
 
@@ -166,14 +161,19 @@ class JobRunner:
     def start(self, cfg: FusionConfig, output_dir: str | Path) -> FinetuneJob:
         """Start fine-tuning ``cfg`` into ``output_dir`` in the background; refuse while a job runs."""
         with self._lock:
-            if self._job is not None and self._job.running:
-                raise JobBusyError(f"a fine-tune is already running ({self._job.output_dir.name}); "
-                                   "stop it or wait for it to finish, then start again")
+            self.check_free()
             job = FinetuneJob(cfg, Path(output_dir))
             self._job = job
         threading.Thread(target=self._run, args=(job,), name=f"finetune-{job.output_dir.name}",
                          daemon=True).start()
         return job
+
+    def check_free(self) -> None:
+        """Raise :class:`JobBusyError` while a job runs."""
+        job = self._job
+        if job is not None and job.running:
+            raise JobBusyError(f"a fine-tune is already running ({job.output_dir.name}); "
+                               "stop it or wait for it to finish, then start again")
 
     def stop(self) -> bool:
         """Ask the running job to stop after its current step; False when none runs."""
@@ -184,9 +184,8 @@ class JobRunner:
         return True
 
     def _run(self, job: FinetuneJob) -> None:
-        finetune = self._finetune
-        if finetune is None:
-            from core.finetune import finetune
+        from core.finetune import finetune
+
         try:
             res = finetune(job.cfg, output_dir=job.output_dir, callbacks=[ProgressRecorder(job)], host=self.host)
             job.update(metrics=res.metrics, phase="stopped" if job.stop_event.is_set() else "done",

@@ -1,7 +1,6 @@
 """Helpers for testing the app: a tiny model trained in seconds, and the app served on a free port.
 
-    folder = colour_squares(tmp / "data")
-    model = train_tiny_model(folder, tmp / "model")   # captions "a red square", ... exactly
+    folder, model = tiny_model(tmp)                 # captions "a red square", ... exactly
     with serve(build_app(str(model))) as url:
         Client(url).predict({"text": "", "files": [handle_file(folder / "red.png")]}, api_name="/chat")
 """
@@ -62,6 +61,26 @@ def train_tiny_model(data: str | Path, output_dir: str | Path, host=None, **trai
 
     res = core.finetune(tiny_caption_config(data, **training), output_dir=output_dir, host=host)
     return Path(res.output_dir)
+
+
+def tiny_model(folder: str | Path, host=None) -> tuple[Path, Path]:
+    """The colour squares and a tiny model trained on them, under ``folder``: ``(data, model)``.
+
+    Trained on the first call and reused by later ones (pass the same folder, e.g. pytest's base
+    temporary folder, to share one model between test modules)."""
+    import torch
+
+    folder = Path(folder)
+    data, model = folder / "squares", folder / "model"
+    if not (model / "manifest.json").is_file():
+        colour_squares(data)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a 64-wide model: more threads only add overhead
+        try:
+            train_tiny_model(data, model, host=host)
+        finally:
+            torch.set_num_threads(threads)
+    return data, model
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -1,0 +1,155 @@
+"""Generation: ``Assistant.chat`` against a raw ``generate()`` of the same decoder on the same embeddings.
+
+One image and a prompt, greedy, a fixed number of new tokens (nothing stops early: our end-of-turn
+ids are set to one that never occurs, and the raw call has no EOS). The raw side gets the
+embeddings from ``model.embed(batch)`` (image encoder and fusion), timed separately and added to
+its time, since ``chat`` has to compute them too; ``chat`` also pays for rendering and tokenizing
+the prompt and preprocessing the image.
+
+``shipped`` is ``Assistant.chat`` as it is; ``proposed`` the same with the change in
+:mod:`bench.generate_proposed` (or the shipped one once that change is applied).
+
+Time to first token is ``max_new_tokens=1``; the per-token time is (T(N) - T(1)) / (N - 1).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import inspect
+import io
+import pstats
+from dataclasses import dataclass
+
+import torch
+
+from bench import generate_proposed as P
+from bench.common import Section, compare, log, ms, ratio
+from bench.models import build_model, fusion_config, images, llama
+
+
+@dataclass
+class Setup:
+    decoder: dict
+    image_model: str
+    image_size: int
+    new_tokens: int
+    repeats: int
+
+
+FULL = Setup(decoder=llama(512, 8, 8, 1376), image_model="vit_small_patch16_224", image_size=128, new_tokens=128,
+             repeats=5)
+QUICK = Setup(decoder=llama(64, 2, 4, 128), image_model="vit_tiny_patch16_224", image_size=64, new_tokens=16,
+              repeats=1)
+PROMPT = "What is in this picture? Describe the shapes, their colours and where they are."
+
+
+def build(s: Setup):
+    import core
+
+    cfg = fusion_config({"image": {"name": "image/timm", "config": {"model_name": s.image_model,
+                                                                     "image_size": s.image_size}}},
+                        s.decoder, llava_like=False)
+    model, tokenizer = build_model(cfg)
+    asst = core.Assistant(model, tokenizer, cfg, core.Host(load_entrypoints=False), device="cpu")
+    asst.eos_ids = [-1]  # never generated: every call makes exactly max_new_tokens tokens
+    return asst
+
+
+def proposed_chat():
+    """``Assistant.chat`` once the proposed change is in core, else the copy in :mod:`bench.generate_proposed`."""
+    import core.generate
+
+    if "logits_to_keep" in inspect.getsource(core.generate.generate_ids):  # applied
+        return lambda asst, prompt, images, **gen: asst.chat(prompt, images=images, **gen)
+    return P.chat
+
+
+def _measure(asst, picture, n: int, repeats: int) -> dict[str, float]:
+    """Median seconds of: chat (shipped, proposed) for n and 1 tokens, embed, raw generate for n and 1."""
+    model, decoder = asst.model, asst.model.decoder
+    conv = asst.processor.conversation(PROMPT, {"image": [picture]})
+    batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)], padding_side="left")
+    with torch.no_grad():
+        embeds, mask, _, _ = model.embed(batch)
+    chat = proposed_chat()
+
+    def embed():
+        with torch.no_grad():
+            return model.embed(batch)
+
+    def raw(k: int):
+        with torch.no_grad():
+            out = decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=k, min_new_tokens=k,
+                                   do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert out.shape[1] == k, out.shape
+        return out
+
+    t = compare({
+        "shipped N": lambda: asst.chat(PROMPT, images=[picture], max_new_tokens=n),
+        "shipped 1": lambda: asst.chat(PROMPT, images=[picture], max_new_tokens=1),
+        "proposed N": lambda: chat(asst, PROMPT, [picture], max_new_tokens=n),
+        "proposed 1": lambda: chat(asst, PROMPT, [picture], max_new_tokens=1),
+        "embed": embed, "raw N": lambda: raw(n), "raw 1": lambda: raw(1),
+    }, repeats=repeats, warmup=1)
+    out = {k: v.median for k, v in t.items()}
+    out["same text"] = float(asst.tokenizer.decode(raw(n)[0].tolist(), skip_special_tokens=True)
+                             == chat(asst, PROMPT, [picture], max_new_tokens=n)
+                             == asst.chat(PROMPT, images=[picture], max_new_tokens=n))
+    return out
+
+
+def run(quick: bool = False) -> Section:
+    s = QUICK if quick else FULL
+    section = Section("generate", "Generation: Assistant.chat vs raw transformers generate() on the same embeddings")
+    log("generate: building the model")
+    asst = build(s)
+    picture = images(1, s.image_size, seed=3)[0]
+    n = s.new_tokens
+    log(f"generate: timing {n} new tokens, {s.repeats} interleaved repeats")
+    t = _measure(asst, picture, n, s.repeats)
+    raw_total = t["embed"] + t["raw N"]
+    raw_tok = (t["raw N"] - t["raw 1"]) / (n - 1)
+
+    def row(side: str, total: float, first: float, per_token: float) -> None:
+        section.row(side=side, **{"new tokens": n, "total ms": ms(total), "first token ms": ms(first),
+                                  "per token ms": round(per_token * 1000, 2), "tokens/s": n / total,
+                                  "vs raw": ratio(total, raw_total)})
+
+    for name in ("shipped", "proposed"):
+        row(f"ours: Assistant.chat ({name})", t[f"{name} N"], t[f"{name} 1"],
+            (t[f"{name} N"] - t[f"{name} 1"]) / (n - 1))
+    row("raw: embed + generate()", raw_total, t["embed"] + t["raw 1"], raw_tok)
+    row("raw: generate() alone", t["raw N"], t["raw 1"], raw_tok)
+    section.keys["generate_overhead_vs_hf"] = ratio(t["proposed N"], raw_total)
+    section.keys["generate_overhead_vs_hf_shipped"] = ratio(t["shipped N"], raw_total)
+    decoder = asst.model.decoder
+    section.note(f"decoder Llama {s.decoder['hidden_size']}x{s.decoder['num_hidden_layers']} "
+                 f"({sum(p.numel() for p in decoder.parameters()) / 1e6:.1f}M params), {s.image_model} at "
+                 f"{s.image_size}px, greedy, {n} new tokens; all three give the same text: {bool(t['same text'])}")
+    if not quick:
+        log("generate: framework time per token (a 1-layer, 16-wide decoder)")
+        tiny = build(Setup(decoder=llama(16, 1, 2, 32), image_model="vit_tiny_patch16_224", image_size=64,
+                           new_tokens=128, repeats=5))
+        m = _measure(tiny, images(1, 64, seed=3)[0], 128, 5)
+        section.tables["Framework time per token (1-layer, 16-wide decoder: the model's own work is ~0)"] = [
+            {"side": side, "per token ms": round((m[f"{key} N"] - m[f"{key} 1"]) / 127 * 1000, 3)}
+            for side, key in (("Assistant.chat (shipped)", "shipped"), ("Assistant.chat (proposed)", "proposed"),
+                              ("transformers generate()", "raw"))]
+        section.tables["Where chat's time goes (cProfile, shipped, one call, by own time)"] = _profile(
+            lambda: asst.chat(PROMPT, images=[picture], max_new_tokens=n))
+    return section
+
+
+def _profile(fn) -> list[dict]:
+    """The Python functions with the most own time in one call (C work shows under its caller)."""
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    stats = pstats.Stats(prof, stream=io.StringIO())
+    rows = []
+    for (file, line, name), (cc, nc, tt, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
+        rows.append({"function": f"{name} ({file.rsplit('/', 2)[-1] if '/' in file else file}:{line})",
+                     "calls": nc, "own ms": round(tt * 1000, 1), "cumulative ms": round(ct * 1000, 1)})
+    rows.sort(key=lambda r: -r["own ms"])
+    return rows[:10]

@@ -1,0 +1,291 @@
+"""The Fine-tune tab: a form built from the config dataclasses, the whole YAML, a dataset, and a
+job to start, watch (progress bar, live loss / metric plot) and stop.
+
+The form and the YAML edit one config: a form edit is written into the YAML, leaving the YAML
+fills the form, and at Start the form's fields win over the YAML. The dataset given (an upload or
+a server path) sets ``data.train``. Progress comes from :class:`ui.finetune_job.ProgressRecorder`,
+polled by a timer that runs only while a job does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from core.config import FusionConfig
+from core.errors import ConfigError, MMAssistError
+from ui.datasets import DATA_SUFFIXES, prepare_dataset
+from ui.finetune_job import Snapshot
+from ui.forms import FormField, form_fields, get_path, set_path
+from ui.shared import Shared, user_errors
+from ui.templates import bundled_configs, bundled_yaml, template_yaml
+
+TEMPLATE_PREFIX = "template: "
+EXAMPLE_PREFIX = "example: "
+
+
+def finetune_tab(gr, shared: Shared, demo) -> None:
+    """Build the tab's components and events inside the current ``gr.Tab``."""
+    fields = form_fields()
+    starts = [TEMPLATE_PREFIX + t for t in ("caption", "chat", "vqa", "classification")] + \
+             [EXAMPLE_PREFIX + name for name in bundled_configs()]
+    first_yaml = template_yaml("caption")
+    first_values = form_values(first_yaml, fields)
+    with gr.Row():
+        start_from = gr.Dropdown(starts, value=starts[0], label="Start from",
+                                 info="a small template per task, or a bundled example config")
+        dataset = gr.File(label="Dataset: a data file, or a .zip of a captions folder or of a data "
+                                "file with its media", file_types=[".zip", *DATA_SUFFIXES],
+                          height=120, elem_id="dataset-file")
+        data_path = gr.Textbox(label="…or a dataset path on the server",
+                               info="a file, a folder or bundled:<dataset>/<file>; used when nothing is "
+                                    "uploaded; empty: data.train of the YAML",
+                               placeholder="/data/my-captions or bundled:shapes/captions_train.jsonl")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            inputs = {}
+            for row in range(0, len(fields), 3):
+                with gr.Row():
+                    for f, v in zip(fields[row: row + 3], first_values[row: row + 3]):
+                        inputs[f.param] = form_input(gr, f, v)
+        with gr.Column(scale=2):
+            config_yaml = gr.Code(first_yaml, language="yaml", label="Config (YAML): the form's "
+                                  "fields override it", lines=24, max_lines=32, interactive=True,
+                                  elem_id="config-yaml")
+    with gr.Row():
+        start = gr.Button("Start fine-tuning", variant="primary", elem_id="start-finetune")
+        stop = gr.Button("Stop", variant="stop", elem_id="stop-finetune")
+    status = gr.HTML(render_status(None), elem_id="finetune-status")
+    plot = gr.LinePlot(None, x="step", y="value", color="series", title="Loss and metrics",
+                       x_title="step", y_title="value", height=300, elem_id="loss-plot")
+    report = gr.JSON(label="Evaluation report", elem_id="eval-report")
+    use_model = gr.Button("Use this model in Chat", visible=False, elem_id="use-model")
+    timer = gr.Timer(1.0, active=False)
+    field_inputs = list(inputs.values())
+
+    def load_start(choice: str) -> list:
+        with user_errors():
+            if choice.startswith(EXAMPLE_PREFIX):
+                text = bundled_yaml(choice[len(EXAMPLE_PREFIX):])
+            else:
+                text = template_yaml(choice[len(TEMPLATE_PREFIX):])
+        return [text, *form_values(text, fields)]
+
+    start_from.input(load_start, [start_from], [config_yaml, *field_inputs], api_name="template")
+
+    def sync_yaml(text: str, *values: Any) -> str:
+        """A form edit, written into the YAML (left as is while the YAML does not parse)."""
+        try:
+            return apply_form(text, fields, values, dump=True)
+        except MMAssistError:
+            return gr.skip()
+
+    for comp in field_inputs:
+        comp.input(sync_yaml, [config_yaml, *field_inputs], [config_yaml], api_visibility="undocumented",
+                   queue=False, show_progress="hidden")
+
+    def sync_form(text: str) -> list:
+        try:
+            return form_values(text, fields)
+        except MMAssistError:
+            return [gr.skip() for _ in fields]
+
+    config_yaml.blur(sync_form, [config_yaml], field_inputs, api_visibility="undocumented", queue=False,
+                     show_progress="hidden")
+
+    def start_finetune(dataset: str | None, data_path: str, config_yaml: str, **form: Any) -> list:
+        """Start a fine-tune from the YAML, the form's values over it, and the dataset given."""
+        with user_errors():
+            shared.runner.check_free()
+            values = [form.get(f.param, None) for f in fields]
+            data = apply_form(config_yaml, fields, values, dump=False)
+            out = new_run_dir(shared.runs_dir, get_path(data, "task.kind") or "run")
+            try:
+                found = prepare_dataset(dataset, data_path, out / "data")
+                for split, path in found.items():
+                    set_path(data, f"data.{split}", path)
+                if not get_path(data, "data.train"):
+                    raise ConfigError("no training data: upload a dataset, give a path on the server, "
+                                      "or set data.train in the YAML")
+                job = shared.runner.start(FusionConfig.from_dict(data), out)
+            except BaseException:
+                shutil.rmtree(out, ignore_errors=True)  # no empty run folders for Chat to list
+                raise
+        return [render_status(job.snapshot()), None, None, gr.Timer(active=True),
+                gr.Button(visible=False)]
+
+    start.click(start_finetune, [dataset, data_path, config_yaml], [status, plot, report, timer, use_model],
+                inputs_kwargs=inputs, api_name="start_finetune", concurrency_limit=1,
+                concurrency_id="finetune")
+
+    def stop_finetune() -> str:
+        """Ask the running fine-tune to stop after its current step."""
+        stopped = shared.runner.stop()
+        job = shared.runner.job
+        if not stopped:
+            gr.Info("no fine-tune is running")
+        return render_status(job.snapshot() if job else None)
+
+    stop.click(stop_finetune, None, [status], api_name="stop_finetune", concurrency_limit=None)
+
+    def poll() -> list:
+        job = shared.runner.job
+        snap = job.snapshot() if job else None
+        if snap is None:
+            return [render_status(None), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(),
+                    gr.skip()]
+        final = not snap.running
+        return [
+            render_status(snap),
+            plot_frame(snap.points, snap.series),
+            report_of(snap) if final else gr.skip(),
+            gr.Timer(active=not final),
+            gr.Button(visible=final and snap.phase != "failed"),
+            gr.Dropdown(choices=shared.store.choices()) if final else gr.skip(),
+        ]
+
+    poll_outputs = [status, plot, report, timer, use_model, shared.model_box]
+    timer.tick(poll, None, poll_outputs, api_visibility="undocumented", concurrency_limit=None,
+               show_progress="hidden")
+    demo.load(poll, None, poll_outputs, api_visibility="undocumented", concurrency_limit=None)
+
+    def job_status() -> dict:
+        """The fine-tune's progress: phase, step, max_steps, loss, points, metrics, output_dir, error."""
+        job = shared.runner.job
+        if job is None:
+            return {"phase": "idle"}
+        return dataclasses.asdict(job.snapshot())
+
+    gr.api(job_status, api_name="job_status", concurrency_limit=None)
+
+    def use_in_chat() -> list:
+        job = shared.runner.job
+        if job is None:
+            return [gr.skip(), gr.skip()]
+        path = str(job.output_dir.resolve())
+        return [gr.Dropdown(choices=shared.store.choices(), value=path), gr.Tabs(selected="chat")]
+
+    use_model.click(use_in_chat, None, [shared.model_box, shared.tabs], api_visibility="undocumented")
+
+
+# -- helpers (no gradio state) ------------------------------------------------------------------
+
+
+def form_input(gr, f: FormField, value: Any):
+    """The gradio input for one config field, labelled by its path and helped by its help text."""
+    common = {"label": f.path, "info": f.help, "value": f.to_form(value), "elem_id": "field-" + f.param}
+    if f.kind == "choice":
+        return gr.Dropdown(list(f.choices), **common)
+    if f.kind == "bool":
+        return gr.Checkbox(**common)
+    if f.kind in ("int", "float"):
+        return gr.Number(precision=0 if f.kind == "int" else None, **common)
+    if f.kind == "list":
+        return gr.Textbox(placeholder="comma-separated", **{**common, "info": f.help + " (comma-separated)"})
+    return gr.Textbox(**common)
+
+
+def parse_yaml(text: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text or "") or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"the config YAML does not parse{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("the config YAML must be a mapping of sections (encoders, decoder, task, ...)")
+    return data
+
+
+def form_values(text: str, fields: list[FormField]) -> list[Any]:
+    """The form's values as the YAML (completed with the config defaults) has them."""
+    data = parse_yaml(text)
+    try:
+        full = FusionConfig.from_dict(data).to_dict()
+    except MMAssistError:
+        full = data
+    return [f.to_form(get_path(full, f.path)) for f in fields]
+
+
+def apply_form(text: str, fields: list[FormField], values: Any, *, dump: bool) -> Any:
+    """The YAML's config with the form's values over it: a dict, or YAML text when ``dump``."""
+    import yaml
+
+    data = parse_yaml(text)
+    for f, value in zip(fields, values):
+        set_path(data, f.path, f.from_form(value))
+    if not dump:
+        return data
+    header = "".join(line + "\n" for line in (text or "").splitlines() if line.startswith("#"))
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def new_run_dir(runs_dir: Path, task: str) -> Path:
+    """A new folder under ``runs_dir`` named after the task and the time."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = runs_dir / f"{task}-{stamp}"
+    n = 2
+    while out.exists():
+        out = runs_dir / f"{task}-{stamp}-{n}"
+        n += 1
+    out.mkdir(parents=True)
+    return out
+
+
+def plot_frame(points: list[dict[str, Any]], series: list[str] = ()):
+    """The plot's data: None until there is a point, then typed columns with every planned series.
+
+    Gradio 6's plot fixes its axis types and colour domain from the first data it draws, so it
+    must not start from an empty frame, and each line the run will draw is present (as one
+    blank point) from the start.
+    """
+    import pandas as pd
+
+    if not points:
+        return None
+    drawn = {p["series"] for p in points}
+    points = points + [{"step": points[0]["step"], "value": float("nan"), "series": s}
+                       for s in series if s not in drawn]
+    return pd.DataFrame({
+        "step": pd.Series([p["step"] for p in points], dtype="int64"),
+        "value": pd.Series([p["value"] for p in points], dtype="float64"),
+        "series": pd.Series([p["series"] for p in points], dtype="str"),
+    })
+
+
+def render_status(snap: Snapshot | None) -> str:
+    """The progress bar and one line of numbers, as HTML."""
+    if snap is None:
+        return "<p id='job-phase' data-phase='idle'>No fine-tune yet. Choose a task and a dataset, then Start.</p>"
+    done = snap.step / snap.max_steps if snap.max_steps else 0.0
+    eta = (snap.elapsed / done - snap.elapsed) if 0 < done < 1 and snap.running else None
+    loss = f"{snap.loss:.4f}" if snap.loss is not None else "–"
+    phase = {"preparing": "preparing data and model", "training": "training",
+             "finishing": "evaluating and saving", "done": "done", "stopped": "stopped",
+             "failed": "failed"}[snap.phase]
+    if snap.stop_requested and snap.running:
+        phase = "stopping after this step"
+    parts = [f"step {snap.step} / {snap.max_steps or '?'}", f"loss {loss}", f"{snap.elapsed:.0f} s"]
+    if eta is not None:
+        parts.append(f"about {eta:.0f} s left")
+    out = (f"<div id='job-phase' data-phase='{snap.phase}' data-step='{snap.step}'>"
+           f"<progress max='{max(snap.max_steps, 1)}' value='{snap.step}' style='width:100%'></progress>"
+           f"<p><b>{html.escape(snap.run_name)}</b>: {phase} · {' · '.join(parts)}</p>")
+    if snap.error:
+        out += f"<p style='color:#c00'>{html.escape(snap.error)}</p>"
+    elif not snap.running:
+        out += (f"<p>Model saved in <code>{html.escape(snap.output_dir)}</code>; pick it in the Model box "
+                "or press “Use this model in Chat”.</p>")
+    return out + "</div>"
+
+
+def report_of(snap: Snapshot) -> dict[str, Any] | None:
+    if snap.error:
+        return {"error": snap.error}
+    return snap.metrics
