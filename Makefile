@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml examples/mmassist-audio/pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The web app on http://127.0.0.1:7860 (Chat, Caption, Fine-tune, Plugins).
 demo: install
 	$(VENV)/bin/mmassist plugins
+	$(VENV)/bin/mmassist ui
 
 # The browser tests drive Debian's Chromium through the playwright package (never `playwright
 # install`); without root or apt they are skipped with a reason, and the rest still runs.

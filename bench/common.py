@@ -40,12 +40,16 @@ class Timing:
         return statistics.median(self.cpu_times) if self.cpu_times else float("nan")
 
 
-def time_it(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Timing:
-    """Call ``fn`` ``warmup`` times, then time ``repeats`` calls."""
-    return compare({"fn": fn}, repeats, warmup)["fn"]
+def synchronize(device: Any = None) -> None:
+    """Wait for the GPU's queued work (a no-op on the CPU), so that a timer sees all of it."""
+    if device is not None and str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
-def compare(fns: Mapping[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1) -> dict[str, Timing]:
+def compare(fns: Mapping[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1,
+            device: Any = None) -> dict[str, Timing]:
     """Time several variants of one job, interleaved round by round (see the module docstring)."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -54,8 +58,10 @@ def compare(fns: Mapping[str, Callable[[], Any]], repeats: int = 5, warmup: int 
     cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            synchronize(device)
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - start_cpu)
     return {name: Timing(times[name], cpu[name]) for name in fns}
@@ -107,13 +113,23 @@ def release_free_memory() -> None:
         pass
 
 
-def peak_tensor_memory(fn: Callable[[], Any]) -> int:
-    """Peak bytes of CPU tensor memory live during ``fn`` above what was live before it.
+def peak_tensor_memory(fn: Callable[[], Any], device: Any = None) -> int:
+    """Peak bytes of tensor memory live during ``fn`` above what was live before it.
 
-    Read from the PyTorch profiler's allocation events (``profile_memory=True``): exact for tensor
-    memory, blind to what libraries allocate outside PyTorch's allocator.
+    On CUDA, from the allocator's statistics. On the CPU, from the PyTorch profiler's allocation
+    events (``profile_memory=True``): exact for tensor memory, blind to what libraries allocate
+    outside PyTorch's allocator.
     """
+    import torch
     from torch.profiler import ProfilerActivity, profile
+
+    if device is not None and str(device).startswith("cuda"):
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
 
     with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from bench.common import Section, log, ratio
+from bench.common import Section, log, ratio, synchronize
 from bench.models import caption_examples, fusion_config, build_model, llama, llava_twin
 
 EPOCHS = 3
@@ -45,6 +45,8 @@ class Setup:
 
 FULL = Setup(examples=32, warmup_examples=8, batch=8, image_model="vit_base_patch16_224", image_size=128,
              decoder=llama(256, 4, 4, 688), prompt_chars=(10, 240), answer_chars=(10, 40))
+GPU = Setup(examples=256, warmup_examples=32, batch=32, image_model="vit_large_patch16_224", image_size=224,
+            decoder=llama(1024, 12, 16, 2816), prompt_chars=(20, 600), answer_chars=(20, 120))
 QUICK = Setup(examples=16, warmup_examples=8, batch=8, image_model="vit_tiny_patch16_224", image_size=64,
               decoder=llama(64, 2, 4, 128), prompt_chars=(10, 120), answer_chars=(5, 20))
 
@@ -60,9 +62,11 @@ def _config(s: Setup, feature_cache: bool):
 # -- our loop: the steps of core.finetune ----------------------------------------------------------
 
 
-def our_steps(model, processor, cfg, train, seq_lengths, *, feature_cache: bool) -> Iterator[int]:
+def our_steps(model, processor, cfg, train, seq_lengths, *, feature_cache: bool, device="cpu",
+              dtype=torch.float32) -> Iterator[int]:
     """Train as ``core.finetune`` does; after each step yield the tokens of the padded batch
     (``seq_lengths``: each example's length with its image tokens, as the decoder sees it)."""
+    from core.assistant import autocast
     from core.feature_cache import FeatureCache
     from core.finetune import apply_freezing, epoch_batches, lr_lambda, param_groups
 
@@ -70,7 +74,7 @@ def our_steps(model, processor, cfg, train, seq_lengths, *, feature_cache: bool)
     lengths = [len(e.input_ids) for e in train]  # what core.finetune groups by
     apply_freezing(model, cfg)
     model.feature_cache = FeatureCache(["image"]) if feature_cache else None
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=tuple(t.betas))
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=tuple(t.betas), fused=_is_cuda(device))
     batches_per_epoch = len(epoch_batches(lengths, t.batch_size, t.seed, 0, False))
     epochs = int(t.epochs)
     total = epochs * batches_per_epoch
@@ -79,8 +83,9 @@ def our_steps(model, processor, cfg, train, seq_lengths, *, feature_cache: bool)
     for epoch in range(epochs):
         for shard in epoch_batches(lengths, t.batch_size, t.seed, epoch, t.group_by_length):
             batch = processor.collate([train[i] for i in shard], cache=model.feature_cache)
-            loss = model(batch).loss
-            loss.backward()
+            with autocast(torch.device(device), dtype):
+                loss = model(batch.to(device)).loss
+                loss.backward()
             float(loss.detach())
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], t.max_grad_norm)
             optimizer.step()
@@ -103,10 +108,12 @@ def llava_inputs(encoded, image_id: int, image_tokens: int, pad_id: int) -> dict
 
 
 def llava_steps(llava, rows: list[dict], pixels: torch.Tensor, batch: int, seed: int, pad_id: int,
-                epochs: int = EPOCHS) -> Iterator[int]:
+                epochs: int = EPOCHS, device="cpu", dtype=torch.float32) -> Iterator[int]:
     """A plain loop: shuffled batches padded to their longest row; yield the padded batch's tokens."""
+    from core.assistant import autocast
+
     params = [p for p in llava.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=_is_cuda(device))
     llava.train()
     llava.model.vision_tower.eval()  # frozen
     for epoch in range(epochs):
@@ -122,8 +129,10 @@ def llava_steps(llava, rows: list[dict], pixels: torch.Tensor, batch: int, seed:
                 ids[b, :n] = torch.tensor(rows[i]["input_ids"])
                 labels[b, :n] = torch.tensor(rows[i]["labels"])
                 mask[b, :n] = 1
-            loss = llava(input_ids=ids, attention_mask=mask, pixel_values=pixels[chunk], labels=labels).loss
-            loss.backward()
+            with autocast(torch.device(device), dtype):
+                loss = llava(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             pixel_values=pixels[chunk].to(device), labels=labels.to(device)).loss
+                loss.backward()
             float(loss.detach())
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -131,15 +140,21 @@ def llava_steps(llava, rows: list[dict], pixels: torch.Tensor, batch: int, seed:
             yield ids.numel()
 
 
-def interleave(runs: dict[str, Iterator[int]]) -> dict[str, dict[str, float]]:
-    """Advance the runs one step each in turn; per run: seconds, steps, real tokens."""
+def _is_cuda(device) -> bool:
+    return str(device).startswith("cuda")
+
+
+def interleave(runs: dict[str, Iterator[int]], device="cpu") -> dict[str, dict[str, float]]:
+    """Advance the runs one step each in turn; per run: seconds, steps, tokens of the padded batches."""
     stats = {name: {"seconds": 0.0, "steps": 0, "tokens": 0} for name in runs}
     live = dict(runs)
     while live:
         for name in list(live):
+            synchronize(device)
             start = time.perf_counter()
             try:
                 tokens = next(live[name])
+                synchronize(device)
             except StopIteration:
                 del live[name]
                 continue
@@ -149,10 +164,10 @@ def interleave(runs: dict[str, Iterator[int]]) -> dict[str, dict[str, float]]:
     return stats
 
 
-def run(quick: bool = False) -> Section:
+def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Section:
     from core.processor import Processor
 
-    s = QUICK if quick else FULL
+    s = QUICK if quick else (GPU if _is_cuda(device) else FULL)
     section = Section("finetune", f"Fine-tuning, {EPOCHS} epochs: ours (core.finetune steps) vs transformers LLaVA")
     log("finetune: building the models")
     cfg = _config(s, feature_cache=True)
@@ -173,23 +188,30 @@ def run(quick: bool = False) -> Section:
 
     encoder = base.encoders["image"]
     share = {id(encoder): encoder}  # copies keep the one frozen encoder
-    ours_cached, ours_plain = base, copy.deepcopy(base, dict(share))
     llava = llava_twin(base, image_id)
     _check_equivalent(base, llava, processor, train[0], image_id, image_tokens, tokenizer.pad_token_id, section)
+    base.to(device)
+    llava.to(device)
+    ours_cached, ours_plain = base, copy.deepcopy(base, dict(share))
 
     log("finetune: warm-up step on other examples")
     warm_rows = [llava_inputs(e, image_id, image_tokens, tokenizer.pad_token_id) for e in warm]
     warm_pixels = torch.cat([base.encoders["image"].preprocess(e.items["image"])["pixel_values"] for e in warm])
     warm_cfg = cfg.override(**{"training.epochs": 1})
-    next(our_steps(copy.deepcopy(base, dict(share)), processor, warm_cfg, warm, [0] * len(warm), feature_cache=False))
-    next(llava_steps(copy.deepcopy(llava, dict(share)), warm_rows, warm_pixels, s.batch, 1, tokenizer.pad_token_id, 1))
+    next(our_steps(copy.deepcopy(base, dict(share)), processor, warm_cfg, warm, [0] * len(warm), feature_cache=False,
+                   device=device, dtype=dtype))
+    next(llava_steps(copy.deepcopy(llava, dict(share)), warm_rows, warm_pixels, s.batch, 1, tokenizer.pad_token_id, 1,
+                     device=device, dtype=dtype))
 
     log(f"finetune: {EPOCHS} epochs x {len(train) // s.batch} steps, three runs interleaved")
     stats = interleave({
-        "ours, feature cache": our_steps(ours_cached, processor, cfg, train, seq_lengths, feature_cache=True),
-        "ours, no cache": our_steps(ours_plain, processor, cfg, train, seq_lengths, feature_cache=False),
-        "LLaVA, plain loop": llava_steps(llava, rows, pixels, s.batch, 0, tokenizer.pad_token_id),
-    })
+        "ours, feature cache": our_steps(ours_cached, processor, cfg, train, seq_lengths, feature_cache=True,
+                                         device=device, dtype=dtype),
+        "ours, no cache": our_steps(ours_plain, processor, cfg, train, seq_lengths, feature_cache=False,
+                                    device=device, dtype=dtype),
+        "LLaVA, plain loop": llava_steps(llava, rows, pixels, s.batch, 0, tokenizer.pad_token_id,
+                                         device=device, dtype=dtype),
+    }, device)
     real_tokens = sum(len(r["input_ids"]) for r in rows) * EPOCHS
     for name, st in stats.items():
         section.row(run=name, steps=st["steps"], seconds=round(st["seconds"], 2),
@@ -200,7 +222,7 @@ def run(quick: bool = False) -> Section:
     section.keys["finetune_speedup_vs_llava"] = ratio(ref, cached)
     section.keys["feature_cache_speedup"] = ratio(plain, cached)
     section.keys["finetune_speedup_vs_llava_without_cache"] = ratio(ref, plain)
-    _explain(section, s, base, train, image_tokens, quick)
+    _explain(section, s, base, train, image_tokens, quick, device)
     return section
 
 
@@ -218,14 +240,14 @@ def _check_equivalent(model, llava, processor, example, image_id, image_tokens, 
         raise AssertionError(f"the LLaVA twin is not equivalent: loss {ref} vs ours {ours}")
 
 
-def _explain(section: Section, s: Setup, model, train, image_tokens: int, quick: bool) -> None:
+def _explain(section: Section, s: Setup, model, train, image_tokens: int, quick: bool, device) -> None:
     """Encoder time vs the rest of a step: the feature cache can at best give 3(E+D)/(E+3D)."""
     from bench.common import compare
 
     enc = model.encoders["image"]
-    pixels = torch.cat([enc.preprocess(e.items["image"])["pixel_values"] for e in train[: s.batch]])
+    pixels = torch.cat([enc.preprocess(e.items["image"])["pixel_values"] for e in train[: s.batch]]).to(device)
     with torch.no_grad():
-        t = compare({"encoder": lambda: enc(pixel_values=pixels)}, repeats=1 if quick else 2)
+        t = compare({"encoder": lambda: enc(pixel_values=pixels)}, repeats=1 if quick else 2, device=device)
     enc_s = t["encoder"].median
     steps_per_epoch = len(train) // s.batch
     cached = next(r for r in section.rows if r["run"] == "ours, feature cache")["seconds"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.common import Section, compare, log, ms
+from bench.common import Section, compare, log, ms, peak_tensor_memory
 from bench.models import build_model, fusion_config, llama
 
 
@@ -29,20 +29,22 @@ class Setup:
 
 
 FULL = Setup(decoder=llama(768, 12, 12, 2048), batch=4, seq=128, steps=2, matmul_n=2048)
+GPU = Setup(decoder=llama(2048, 24, 16, 5632), batch=8, seq=2048, steps=5, matmul_n=8192)
 QUICK = Setup(decoder=llama(256, 4, 4, 688), batch=2, seq=64, steps=1, matmul_n=1024)
 
 
-def matmul_peak(n: int, repeats: int = 5, inner: int = 3) -> float:
-    """FLOP/s of the best of ``repeats`` rounds of ``inner`` float32 n x n matrix products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    c = torch.empty(n, n)
+def matmul_peak(n: int, repeats: int = 5, inner: int = 3, device: str = "cpu",
+                dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of the best of ``repeats`` rounds of ``inner`` n x n matrix products."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
     torch.mm(a, b, out=c)  # warm-up
 
     def product():
         for _ in range(inner):
             torch.mm(a, b, out=c)
 
-    return 2 * n**3 * inner / compare({"mm": product}, repeats=repeats, warmup=0)["mm"].best
+    return 2 * n**3 * inner / compare({"mm": product}, repeats=repeats, warmup=1, device=device)["mm"].best
 
 
 def model_flops(decoder, tokens: int, seq: int) -> float:
@@ -56,11 +58,13 @@ def model_flops(decoder, tokens: int, seq: int) -> float:
     return 6 * matrix_params * tokens + 6 * cfg.num_hidden_layers * cfg.hidden_size * seq * tokens
 
 
-def run(quick: bool = False) -> Section:
+def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Section:
+    from core.assistant import autocast
     from core.finetune import param_groups
     from core.processor import Processor
 
-    s = QUICK if quick else FULL
+    cuda = str(device).startswith("cuda")
+    s = QUICK if quick else (GPU if cuda else FULL)
     section = Section("flops", "Hardware use: model FLOP/s of a training step vs the matmul peak of this run")
     log("flops: building the model")
     cfg = fusion_config({}, s.decoder, llava_like=False)
@@ -75,35 +79,41 @@ def run(quick: bool = False) -> Section:
         enc = processor.encode(processor.conversation(messages), add_generation_prompt=False, with_labels=True)
         enc.input_ids, enc.labels = enc.input_ids[: s.seq], enc.labels[: s.seq]  # exactly seq tokens
         examples.append(enc)
-    batch = processor.collate(examples)
+    batch = processor.collate(examples).to(device)
     assert batch.input_ids.shape == (s.batch, s.seq), batch.input_ids.shape
-    optimizer = torch.optim.AdamW(param_groups(model, cfg))
+    model.to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), fused=cuda)
     model.train()
 
     def step():
-        loss = model(batch).loss
-        loss.backward()
+        with autocast(torch.device(device), dtype):
+            loss = model(batch).loss
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     log("flops: matmul peak")
-    peak = matmul_peak(s.matmul_n, repeats=3 if quick else 5)
+    peak = matmul_peak(s.matmul_n, repeats=3 if quick else 5, device=device, dtype=dtype)
     log(f"flops: {s.steps} training step(s) after a warm-up step")
-    t = compare({"step": step}, repeats=s.steps, warmup=1)["step"]
-    peak_after = matmul_peak(s.matmul_n, repeats=3 if quick else 5)  # the load may have changed meanwhile
-    peak = max(peak, peak_after)
-    profile_rows = [] if quick else _profiled(step)
+    t = compare({"step": step}, repeats=s.steps, warmup=1, device=device)["step"]
+    # the load may have changed meanwhile: the higher of two readings
+    peak = max(peak, matmul_peak(s.matmul_n, repeats=3 if quick else 5, device=device, dtype=dtype))
+    memory = peak_tensor_memory(step, device) if cuda else None
+    profile_rows = [] if quick or cuda else _profiled(step)
     flops = model_flops(model.decoder, s.batch * s.seq, s.seq)
     achieved = flops / t.best
     params = sum(p.numel() for p in model.decoder.parameters())
-    section.row(**{"what": f"matmul {s.matmul_n}x{s.matmul_n} float32, best", "GFLOP/s": peak / 1e9})
+    dtype_name = str(dtype).replace("torch.", "")
+    section.row(**{"what": f"matmul {s.matmul_n}x{s.matmul_n} {dtype_name}, best", "GFLOP/s": peak / 1e9})
     section.row(**{"what": f"training step, Llama {s.decoder['hidden_size']}x{s.decoder['num_hidden_layers']} "
                            f"({params / 1e6:.0f}M params), {s.batch}x{s.seq} tokens, best of {s.steps}",
                    "GFLOP/s": achieved / 1e9, "step ms": ms(t.best), "model GFLOP": flops / 1e9,
-                   "fraction of peak": achieved / peak})
+                   "tokens/s": s.batch * s.seq / t.best, "fraction of peak": achieved / peak,
+                   **({"peak memory MiB": round(memory / 2**20)} if memory is not None else {})})
     section.keys["train_flops_fraction_of_matmul_peak"] = achieved / peak
-    section.note(f"{torch.get_num_threads()} torch threads; both peak readings (before and after the steps) "
-                 f"were taken and the higher kept")
+    section.keys["train_tokens_per_second"] = s.batch * s.seq / t.best
+    where = f"{torch.get_num_threads()} torch threads" if not cuda else torch.cuda.get_device_name(device)
+    section.note(f"{where}; the matmul peak was read before and after the steps and the higher kept")
     if profile_rows:
         section.tables["Where a step's time goes (torch.profiler, one more step, by own CPU time)"] = profile_rows
     return section

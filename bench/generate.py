@@ -38,19 +38,21 @@ class Setup:
 
 FULL = Setup(decoder=llama(512, 8, 8, 1376), image_model="vit_small_patch16_224", image_size=128, new_tokens=128,
              repeats=5)
+GPU = Setup(decoder=llama(2048, 16, 16, 5632), image_model="vit_large_patch16_224", image_size=224, new_tokens=256,
+            repeats=5)
 QUICK = Setup(decoder=llama(64, 2, 4, 128), image_model="vit_tiny_patch16_224", image_size=64, new_tokens=16,
               repeats=1)
 PROMPT = "What is in this picture? Describe the shapes, their colours and where they are."
 
 
-def build(s: Setup):
+def build(s: Setup, device: str = "cpu", dtype: torch.dtype = torch.float32):
     import core
 
     cfg = fusion_config({"image": {"name": "image/timm", "config": {"model_name": s.image_model,
                                                                      "image_size": s.image_size}}},
                         s.decoder, llava_like=False)
     model, tokenizer = build_model(cfg)
-    asst = core.Assistant(model, tokenizer, cfg, core.Host(load_entrypoints=False), device="cpu")
+    asst = core.Assistant(model, tokenizer, cfg, core.Host(load_entrypoints=False), device=device, dtype=dtype)
     asst.eos_ids = [-1]  # never generated: every call makes exactly max_new_tokens tokens
     return asst
 
@@ -66,19 +68,22 @@ def proposed_chat():
 
 def _measure(asst, picture, n: int, repeats: int) -> dict[str, float]:
     """Median seconds of: chat (shipped, proposed) for n and 1 tokens, embed, raw generate for n and 1."""
+    from core.assistant import autocast
+
     model, decoder = asst.model, asst.model.decoder
     conv = asst.processor.conversation(PROMPT, {"image": [picture]})
-    batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)], padding_side="left")
-    with torch.no_grad():
+    batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)],
+                                   padding_side="left").to(asst.device)
+    with torch.no_grad(), autocast(asst.device, asst.dtype):
         embeds, mask, _, _ = model.embed(batch)
     chat = proposed_chat()
 
     def embed():
-        with torch.no_grad():
+        with torch.no_grad(), autocast(asst.device, asst.dtype):
             return model.embed(batch)
 
     def raw(k: int):
-        with torch.no_grad():
+        with torch.no_grad(), autocast(asst.device, asst.dtype):
             out = decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=k, min_new_tokens=k,
                                    do_sample=False, eos_token_id=None, pad_token_id=0)
         assert out.shape[1] == k, out.shape
@@ -90,7 +95,7 @@ def _measure(asst, picture, n: int, repeats: int) -> dict[str, float]:
         "proposed N": lambda: chat(asst, PROMPT, [picture], max_new_tokens=n),
         "proposed 1": lambda: chat(asst, PROMPT, [picture], max_new_tokens=1),
         "embed": embed, "raw N": lambda: raw(n), "raw 1": lambda: raw(1),
-    }, repeats=repeats, warmup=1)
+    }, repeats=repeats, warmup=1, device=asst.device)
     out = {k: v.median for k, v in t.items()}
     out["same text"] = float(asst.tokenizer.decode(raw(n)[0].tolist(), skip_special_tokens=True)
                              == chat(asst, PROMPT, [picture], max_new_tokens=n)
@@ -98,11 +103,11 @@ def _measure(asst, picture, n: int, repeats: int) -> dict[str, float]:
     return out
 
 
-def run(quick: bool = False) -> Section:
-    s = QUICK if quick else FULL
+def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Section:
+    s = QUICK if quick else (GPU if str(device).startswith("cuda") else FULL)
     section = Section("generate", "Generation: Assistant.chat vs raw transformers generate() on the same embeddings")
     log("generate: building the model")
-    asst = build(s)
+    asst = build(s, device, dtype)
     picture = images(1, s.image_size, seed=3)[0]
     n = s.new_tokens
     log(f"generate: timing {n} new tokens, {s.repeats} interleaved repeats")
@@ -129,7 +134,7 @@ def run(quick: bool = False) -> Section:
     if not quick:
         log("generate: framework time per token (a 1-layer, 16-wide decoder)")
         tiny = build(Setup(decoder=llama(16, 1, 2, 32), image_model="vit_tiny_patch16_224", image_size=64,
-                           new_tokens=128, repeats=5))
+                           new_tokens=128, repeats=5), device, dtype)
         m = _measure(tiny, images(1, 64, seed=3)[0], 128, 5)
         section.tables["Framework time per token (1-layer, 16-wide decoder: the model's own work is ~0)"] = [
             {"side": side, "per token ms": round((m[f"{key} N"] - m[f"{key} 1"]) / 127 * 1000, 3)}

@@ -35,14 +35,17 @@ class Setup:
 
 FULL = Setup(frames=(8, 16, 32, 64), batch=4, feature_dim=384, backbone="vit_small_patch16_224",
              decoder=llama(256, 4, 4, 688), repeats=5)
+GPU = Setup(frames=(8, 16, 32, 64), batch=16, feature_dim=1024, backbone="vit_large_patch16_224",
+            decoder=llama(1024, 12, 16, 2816), repeats=10)
 QUICK = Setup(frames=(8, 64), batch=2, feature_dim=192, backbone="vit_tiny_patch16_224",
               decoder=llama(64, 2, 4, 128), repeats=2)
 PROJECTORS = {"mlp": {"kind": "mlp"},
               "resampler": {"kind": "resampler", "num_latents": NUM_LATENTS, "depth": 2, "heads": 4}}
 
 
-def _step_fn(s: Setup, frames: int, projector: dict):
+def _step_fn(s: Setup, frames: int, projector: dict, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """A training step (closure) of a fresh model whose cache holds ``s.batch`` videos of ``frames`` frames."""
+    from core.assistant import autocast
     from core.encoders import EncoderOutput
     from core.feature_cache import FeatureCache
     from core.finetune import apply_freezing, param_groups
@@ -50,12 +53,15 @@ def _step_fn(s: Setup, frames: int, projector: dict):
     from core.processor import Processor
 
     video = {"name": "video/decord", "freeze": True,
-             "config": {"backbone": {"model_name": s.backbone}, "image_size": 64, "num_frames": frames,
+             # one block is enough: the backbone never runs, its features come from the cache
+             "config": {"backbone": {"model_name": s.backbone, "model_kwargs": {"depth": 1}}, "image_size": 64,
+                        "num_frames": frames,
                         "max_frames": max(frames, 32), "tokens_per_frame": TOKENS_PER_FRAME}}
     cfg = fusion_config({"video": video}, s.decoder, llava_like=False,
                         fusion={"modality_projectors": {"video": projector}})
     model, tokenizer = build_model(cfg)
     apply_freezing(model, cfg)
+    model.to(device)
     model.feature_cache = FeatureCache(["video"])
     processor = Processor(tokenizer, model.encoders, cfg.decoder.max_length)
     clips = [Media("video/mp4", data=f"clip {i}".encode(), name=f"clip{i}.mp4") for i in range(s.batch)]
@@ -70,36 +76,40 @@ def _step_fn(s: Setup, frames: int, projector: dict):
     t = frames * TOKENS_PER_FRAME
     gen = torch.Generator().manual_seed(frames)
     model.feature_cache.put([content_key("video", c) for c in clips], EncoderOutput(
-        features=torch.randn(s.batch, t, s.feature_dim, generator=gen),
-        mask=torch.ones(s.batch, t, dtype=torch.bool),
-        time_index=torch.arange(frames).repeat_interleave(TOKENS_PER_FRAME).expand(s.batch, t)))
-    optimizer = torch.optim.AdamW(param_groups(model, cfg))
+        features=torch.randn(s.batch, t, s.feature_dim, generator=gen).to(device),
+        mask=torch.ones(s.batch, t, dtype=torch.bool, device=device),
+        time_index=torch.arange(frames).repeat_interleave(TOKENS_PER_FRAME).expand(s.batch, t).to(device)))
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), fused=str(device).startswith("cuda"))
     model.train()
 
     def step():
-        batch = processor.collate(encoded, cache=model.feature_cache)
-        loss = model(batch).loss
-        loss.backward()
+        batch = processor.collate(encoded, cache=model.feature_cache).to(device)
+        with autocast(torch.device(device), dtype):
+            loss = model(batch).loss
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return batch
 
-    seq = model.embed(step())[0].shape[1]  # also a warm-up: the optimizer state now exists
+    batch = step()  # also a warm-up: the optimizer state now exists
+    with torch.no_grad():
+        seq = model.embed(batch)[0].shape[1]
     return step, seq
 
 
-def run(quick: bool = False) -> Section:
-    s = QUICK if quick else FULL
+def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Section:
+    s = QUICK if quick else (GPU if str(device).startswith("cuda") else FULL)
     section = Section("scaling", "Training step of fusion + decoder on cached frame features, by frames per video")
     results: dict[tuple[str, int], dict] = {}
     steps = {}
     for frames in s.frames:
         log(f"scaling: building the {frames}-frame models")
         for name, projector in PROJECTORS.items():
-            steps[(name, frames)], seq = _step_fn(s, frames, projector)
-            results[(name, frames)] = {"seq": seq, "peak": peak_tensor_memory(steps[(name, frames)])}
+            steps[(name, frames)], seq = _step_fn(s, frames, projector, device, dtype)
+            results[(name, frames)] = {"seq": seq, "peak": peak_tensor_memory(steps[(name, frames)], device)}
     log("scaling: timing, all configurations interleaved")
-    t = compare({f"{name} {frames}": fn for (name, frames), fn in steps.items()}, repeats=s.repeats, warmup=0)
+    t = compare({f"{name} {frames}": fn for (name, frames), fn in steps.items()}, repeats=s.repeats, warmup=0,
+                device=device)
     for (name, frames) in steps:
         results[(name, frames)]["time"] = t[f"{name} {frames}"].median
     for name in PROJECTORS:
