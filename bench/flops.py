@@ -29,7 +29,7 @@ class Setup:
 
 
 FULL = Setup(decoder=llama(768, 12, 12, 2048), batch=4, seq=128, steps=2, matmul_n=2048)
-GPU = Setup(decoder=llama(2048, 24, 16, 5632), batch=8, seq=2048, steps=5, matmul_n=8192)
+GPU = Setup(decoder=llama(2048, 24, 16, 5632), batch=4, seq=2048, steps=5, matmul_n=8192)
 QUICK = Setup(decoder=llama(256, 4, 4, 688), batch=2, seq=64, steps=1, matmul_n=1024)
 
 
@@ -112,6 +112,8 @@ def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.flo
                    **({"peak memory MiB": round(memory / 2**20)} if memory is not None else {})})
     section.keys["train_flops_fraction_of_matmul_peak"] = achieved / peak
     section.keys["train_tokens_per_second"] = s.batch * s.seq / t.best
+    section.keys["train_achieved_flops"] = achieved
+    section.keys["matmul_peak_flops"] = peak
     where = f"{torch.get_num_threads()} torch threads" if not cuda else torch.cuda.get_device_name(device)
     section.note(f"{where}; the matmul peak was read before and after the steps and the higher kept")
     if profile_rows:

@@ -215,7 +215,7 @@ def run(quick: bool = False) -> Section:
                         t["pyav seek"].median, t["shipped plugin"].median)
         if not quick:
             log("video: profile")
-            section.tables["Where the time goes (10 s clip, 16 frames)"] = _profile(clip, HEADLINE_FRAMES, 5)
+            section.tables["Where the time goes (10 s clip, 16 frames)"] = _profile(clip, HEADLINE_FRAMES, 3)
     section.note("ms: median wall time of interleaved repeats; every variant returns the same frames "
                  "(max diff: largest pixel difference from the PyAV baseline, in grey levels, from the uint8 "
                  "vs float resize)")
