@@ -182,7 +182,8 @@ def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.flo
         encoded.append(processor.encode(conv, add_generation_prompt=False, with_labels=True))
     warm, train = encoded[: s.warmup_examples], encoded[s.warmup_examples:]
     with torch.no_grad():
-        image_tokens = base.encoders["image"](**base.encoders["image"].preprocess(train[0].items["image"])).features.shape[1]
+        image = base.encoders["image"]
+        image_tokens = image(**image.preprocess(train[0].items["image"])).features.shape[1]
     seq_lengths = [len(e.input_ids) + image_tokens - 1 for e in train]  # as the decoder sees them
     pixels = torch.cat([base.encoders["image"].preprocess(e.items["image"])["pixel_values"] for e in train])
     rows = [llava_inputs(e, image_id, image_tokens, tokenizer.pad_token_id) for e in train]

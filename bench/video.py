@@ -186,8 +186,9 @@ def run(quick: bool = False) -> Section:
         clips = [("10 s 640x360", clip)]
         if REAL_CLIP.is_file() and not quick:
             real = P.index_frames(str(REAL_CLIP))
+            keys = [real.pts.index(p) for p in real.keyframe_pts]
             section.note(f"real clip: {REAL_CLIP.name}, {real.width}x{real.height}, {len(real.pts)} frames, "
-                         f"H.264 without B-frames, keyframes at frames {[real.pts.index(p) for p in real.keyframe_pts]}")
+                         f"H.264 without B-frames, keyframes at frames {keys}")
             clips.append((REAL_CLIP.name, REAL_CLIP))
         for name, path in clips:
             for k in ([HEADLINE_FRAMES] if quick else [8, 16, 32]):
