@@ -8,7 +8,6 @@ of a shared machine hits all of them alike; their ratio is then steadier than th
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import os
 import platform
@@ -103,14 +102,6 @@ def finite(value: Any) -> bool:
 
 
 # -- memory ---------------------------------------------------------------------------------------
-
-
-def release_free_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc), so the next RSS reading starts low."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def peak_tensor_memory(fn: Callable[[], Any], device: Any = None) -> int:

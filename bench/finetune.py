@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bench.common import Section, log, ratio, synchronize
-from bench.models import caption_examples, fusion_config, build_model, llama, llava_twin
+from bench.models import build_model, caption_examples, fusion_config, llama, llava_twin
 
 EPOCHS = 3
 

@@ -42,7 +42,8 @@ def vendor_peak(name: str) -> float | None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check",
+                                     description="the benchmark's measurements on a CUDA GPU with bf16")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--only", action="append", choices=SECTIONS, metavar="NAME",

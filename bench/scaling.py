@@ -47,7 +47,7 @@ def _step_fn(s: Setup, frames: int, projector: dict, device: str = "cpu", dtype:
     """A training step (closure) of a fresh model whose cache holds ``s.batch`` videos of ``frames`` frames."""
     from core.assistant import autocast
     from core.encoders import EncoderOutput
-    from core.feature_cache import FeatureCache
+    from core.feature_cache import FeatureCache, content_key
     from core.finetune import apply_freezing, param_groups
     from core.media import Media
     from core.processor import Processor
@@ -55,8 +55,7 @@ def _step_fn(s: Setup, frames: int, projector: dict, device: str = "cpu", dtype:
     video = {"name": "video/decord", "freeze": True,
              # one block is enough: the backbone never runs, its features come from the cache
              "config": {"backbone": {"model_name": s.backbone, "model_kwargs": {"depth": 1}}, "image_size": 64,
-                        "num_frames": frames,
-                        "max_frames": max(frames, 32), "tokens_per_frame": TOKENS_PER_FRAME}}
+                        "num_frames": frames, "max_frames": max(frames, 32), "tokens_per_frame": TOKENS_PER_FRAME}}
     cfg = fusion_config({"video": video}, s.decoder, llava_like=False,
                         fusion={"modality_projectors": {"video": projector}})
     model, tokenizer = build_model(cfg)
@@ -71,8 +70,6 @@ def _step_fn(s: Setup, frames: int, projector: dict, device: str = "cpu", dtype:
                     {"role": "assistant", "content": f"A square moves right while a disc falls ({i})."}]
         encoded.append(processor.encode(processor.conversation(messages, {"video": [clip]}),
                                         add_generation_prompt=False, with_labels=True))
-    from core.feature_cache import content_key
-
     t = frames * TOKENS_PER_FRAME
     gen = torch.Generator().manual_seed(frames)
     model.feature_cache.put([content_key("video", c) for c in clips], EncoderOutput(
