@@ -6,8 +6,8 @@ embeddings from ``model.embed(batch)`` (image encoder and fusion), timed separat
 its time, since ``chat`` has to compute them too; ``chat`` also pays for rendering and tokenizing
 the prompt and preprocessing the image.
 
-``shipped`` is ``Assistant.chat`` as it is; ``proposed`` the same with the change in
-:mod:`bench.generate_proposed` (or the shipped one once that change is applied).
+``chat`` is ``Assistant.chat(...)`` (the answer at the end, the key's side); ``chat streamed``
+is ``Assistant.chat(..., stream=True)`` joined, what the web app uses.
 
 Time to first token is ``max_new_tokens=1``; the per-token time is (T(N) - T(1)) / (N - 1).
 """
@@ -15,14 +15,12 @@ Time to first token is ``max_new_tokens=1``; the per-token time is (T(N) - T(1))
 from __future__ import annotations
 
 import cProfile
-import inspect
 import io
 import pstats
 from dataclasses import dataclass
 
 import torch
 
-from bench import generate_proposed as P
 from bench.common import Section, compare, log, ms, ratio
 from bench.models import build_model, fusion_config, images, llama
 
@@ -57,17 +55,8 @@ def build(s: Setup, device: str = "cpu", dtype: torch.dtype = torch.float32):
     return asst
 
 
-def proposed_chat():
-    """``Assistant.chat`` once the proposed change is in core, else the copy in :mod:`bench.generate_proposed`."""
-    import core.generate
-
-    if "logits_to_keep" in inspect.getsource(core.generate.generate_ids):  # applied
-        return lambda asst, prompt, images, **gen: asst.chat(prompt, images=images, **gen)
-    return P.chat
-
-
 def _measure(asst, picture, n: int, repeats: int) -> dict[str, float]:
-    """Median seconds of: chat (shipped, proposed) for n and 1 tokens, embed, raw generate for n and 1."""
+    """Median seconds of: chat (whole, streamed) for n and 1 tokens, embed, raw generate for n and 1."""
     from core.assistant import autocast
 
     model, decoder = asst.model, asst.model.decoder
@@ -76,7 +65,9 @@ def _measure(asst, picture, n: int, repeats: int) -> dict[str, float]:
                                    padding_side="left").to(asst.device)
     with torch.no_grad(), autocast(asst.device, asst.dtype):
         embeds, mask, _, _ = model.embed(batch)
-    chat = proposed_chat()
+
+    def streamed(k: int) -> str:
+        return "".join(asst.chat(PROMPT, images=[picture], max_new_tokens=k, stream=True))
 
     def embed():
         with torch.no_grad(), autocast(asst.device, asst.dtype):
@@ -90,16 +81,15 @@ def _measure(asst, picture, n: int, repeats: int) -> dict[str, float]:
         return out
 
     t = compare({
-        "shipped N": lambda: asst.chat(PROMPT, images=[picture], max_new_tokens=n),
-        "shipped 1": lambda: asst.chat(PROMPT, images=[picture], max_new_tokens=1),
-        "proposed N": lambda: chat(asst, PROMPT, [picture], max_new_tokens=n),
-        "proposed 1": lambda: chat(asst, PROMPT, [picture], max_new_tokens=1),
+        "chat N": lambda: asst.chat(PROMPT, images=[picture], max_new_tokens=n),
+        "chat 1": lambda: asst.chat(PROMPT, images=[picture], max_new_tokens=1),
+        "streamed N": lambda: streamed(n),
+        "streamed 1": lambda: streamed(1),
         "embed": embed, "raw N": lambda: raw(n), "raw 1": lambda: raw(1),
     }, repeats=repeats, warmup=1, device=asst.device)
     out = {k: v.median for k, v in t.items()}
     out["same text"] = float(asst.tokenizer.decode(raw(n)[0].tolist(), skip_special_tokens=True)
-                             == chat(asst, PROMPT, [picture], max_new_tokens=n)
-                             == asst.chat(PROMPT, images=[picture], max_new_tokens=n))
+                             == streamed(n) == asst.chat(PROMPT, images=[picture], max_new_tokens=n))
     return out
 
 
@@ -120,17 +110,16 @@ def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.flo
                                   "per token ms": round(per_token * 1000, 2), "tokens/s": n / total,
                                   "vs raw": ratio(total, raw_total)})
 
-    for name in ("shipped", "proposed"):
-        row(f"ours: Assistant.chat ({name})", t[f"{name} N"], t[f"{name} 1"],
-            (t[f"{name} N"] - t[f"{name} 1"]) / (n - 1))
+    for name, label in (("chat", "ours: Assistant.chat"), ("streamed", "ours: Assistant.chat, streamed")):
+        row(label, t[f"{name} N"], t[f"{name} 1"], (t[f"{name} N"] - t[f"{name} 1"]) / (n - 1))
     row("raw: embed + generate()", raw_total, t["embed"] + t["raw 1"], raw_tok)
     row("raw: generate() alone", t["raw N"], t["raw 1"], raw_tok)
-    section.keys["generate_overhead_vs_hf"] = ratio(t["proposed N"], raw_total)
-    section.keys["generate_overhead_vs_hf_shipped"] = ratio(t["shipped N"], raw_total)
+    section.keys["generate_overhead_vs_hf"] = ratio(t["chat N"], raw_total)
+    section.keys["generate_overhead_vs_hf_streamed"] = ratio(t["streamed N"], raw_total)
     decoder = asst.model.decoder
     section.note(f"decoder Llama {s.decoder['hidden_size']}x{s.decoder['num_hidden_layers']} "
                  f"({sum(p.numel() for p in decoder.parameters()) / 1e6:.1f}M params), {s.image_model} at "
-                 f"{s.image_size}px, greedy, {n} new tokens; all three give the same text: {bool(t['same text'])}")
+                 f"{s.image_size}px, greedy, {n} new tokens; all give the same text: {bool(t['same text'])}")
     if not quick:
         log("generate: framework time per token (a 1-layer, 16-wide decoder)")
         tiny = build(Setup(decoder=llama(16, 1, 2, 32), image_model="vit_tiny_patch16_224", image_size=64,
@@ -138,9 +127,9 @@ def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.flo
         m = _measure(tiny, images(1, 64, seed=3)[0], 128, 5)
         section.tables["Framework time per token (1-layer, 16-wide decoder: the model's own work is ~0)"] = [
             {"side": side, "per token ms": round((m[f"{key} N"] - m[f"{key} 1"]) / 127 * 1000, 3)}
-            for side, key in (("Assistant.chat (shipped)", "shipped"), ("Assistant.chat (proposed)", "proposed"),
+            for side, key in (("Assistant.chat", "chat"), ("Assistant.chat, streamed", "streamed"),
                               ("transformers generate()", "raw"))]
-        section.tables["Where chat's time goes (cProfile, shipped, one call, by own time)"] = _profile(
+        section.tables["Where chat's time goes (cProfile, one call, by own time)"] = _profile(
             lambda: asst.chat(PROMPT, images=[picture], max_new_tokens=n))
     return section
 

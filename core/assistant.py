@@ -71,7 +71,8 @@ class Assistant:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
-        self.processor = Processor(tokenizer, model.encoders, cfg.decoder.max_length, cfg.task.system_prompt)
+        self.processor = Processor(tokenizer, model.encoders, cfg.decoder.max_length, cfg.task.system_prompt,
+                                   cfg.task.encode_user_text)
         end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
         self.eos_ids = [i for i in (tokenizer.eos_token_id, end_of_turn) if i is not None]
         # Never generate a placeholder: its embedding is only a slot for media features.
@@ -92,11 +93,16 @@ class Assistant:
     @classmethod
     def from_pretrained(cls, path: str | Path, *, host: Host | None = None,
                         device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "Assistant":
-        """Load a checkpoint folder written by :meth:`save_pretrained` or ``core.finetune``."""
+        """Load a checkpoint folder written by :meth:`save_pretrained` or ``core.finetune``, or
+        ``"starter"``: the starter model installed with the package (unless a folder of that name exists)."""
         from transformers import AutoTokenizer
 
         from core.hf import quiet_transformers
 
+        if str(path) == "starter" and not Path(path).exists():
+            from core import starter
+
+            path = starter.model_path()
         path = Path(path)
         host = host or Host()
         cfg, _ = read_checkpoint(path, host)
@@ -149,6 +155,8 @@ class Assistant:
         by_modality = self._group_media(images=images, videos=videos, media=media)
         conv = self.processor.conversation(prompt, by_modality)
         encoded = self.processor.encode(conv, add_generation_prompt=True)
+        if not stream and not gen.stop:  # nothing to check while generating: decode once at the end
+            return self._generate_batch([encoded], gen)[0]
         pieces = self._stream([encoded], gen)
         return pieces if stream else "".join(pieces)
 

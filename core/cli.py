@@ -64,13 +64,47 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a saved model on a data file and print the report."""
+    """Evaluate a saved model on a data file and print the report; with no data file, score it per
+    task on the bundled held-out mix (the starter's evaluation)."""
     from core.finetune import evaluate_checkpoint
 
+    if args.data is None:
+        from core import starter
+
+        def progress(done: int, total: int) -> None:
+            print(f"\r{done}/{total} answered", end="", file=sys.stderr, flush=True)
+
+        scores = starter.evaluate(args.checkpoint, split=args.split, limit=args.limit,
+                                  batch_size=args.batch_size, progress=progress)
+        print(file=sys.stderr)
+        if args.json:
+            print(json.dumps({t: {"score": s.score, "correct": s.correct, "total": s.total}
+                              for t, s in scores.items()}, indent=2))
+        else:
+            print(starter.report(scores))
+        return 0
     metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=2))
     if "per_class" in metrics:
         print(format_per_class(metrics["per_class"]))
+    return 0
+
+
+def cmd_train_starter(args: argparse.Namespace) -> int:
+    """Rebuild the starter model from scratch on the bundled data."""
+    import time
+
+    from core import starter
+    from core.callbacks import ProgressPrinter
+
+    overrides = dict(parse_assignment(a) for a in args.set)
+    start = time.time()
+    res = starter.train(args.output_dir, install=args.install, callbacks=[ProgressPrinter()], **overrides)
+    print(f"trained in {(time.time() - start) / 60:.1f} min; model in {res.output_dir}")
+    if args.install:
+        print(f"installed as the starter: {starter.MODEL_DIR}")
+    else:
+        print(f"evaluate it: mmassist eval {res.output_dir}; make it the starter: add --install")
     return 0
 
 
@@ -146,15 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set training.lr=3e-4 (repeatable)")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("eval", help="evaluate a saved model on a data file")
-    p.add_argument("checkpoint", help="a model folder")
-    p.add_argument("data", help="a data file in a format the model's task reads")
+    p = sub.add_parser("eval", help="evaluate a saved model on a data file, or per task on the bundled data")
+    p.add_argument("checkpoint", help="a model folder, or 'starter'")
+    p.add_argument("data", nargs="?", help="a data file in a format the model's task reads; without it, "
+                                           "the bundled held-out mix, scored per task")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--split", default="test", choices=("validation", "test"), help="bundled mix split (no data file)")
+    p.add_argument("--limit", type=int, help="bundled mix: score only the first N records")
+    p.add_argument("--json", action="store_true", help="bundled mix: print JSON instead of a table")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train-starter", help="rebuild the starter model from scratch (CPU is enough)")
+    p.add_argument("-o", "--output-dir", default="runs/starter", help="run folder (default: runs/starter)")
+    p.add_argument("--install", action="store_true", help="copy the result over the installed starter model")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set training.epochs=2 (repeatable)")
+    p.set_defaults(func=cmd_train_starter)
 
     p = sub.add_parser("chat", help="answer one prompt with a saved model")
     p.add_argument("prompt")
-    p.add_argument("--model", required=True, help="a model folder")
+    p.add_argument("--model", default="starter", help="a model folder (default: the starter)")
     p.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
     p.add_argument("--video", action="append", default=[], help="a video file (repeatable)")
     p.add_argument("--media", action="append", default=[], help="a file of any modality the model takes")
@@ -164,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("caption", help="caption image or video files with a saved model")
     p.add_argument("files", nargs="+")
-    p.add_argument("--model", required=True, help="a model folder")
+    p.add_argument("--model", default="starter", help="a model folder (default: the starter)")
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("ui", help="serve the web app: chat, caption, fine-tune, plugins")

@@ -89,6 +89,9 @@ class TaskConfig:
     system_prompt: str | None = help_field(None, help="a system message put before every conversation")
     pooling: str = help_field("last", choices=("last", "mean"),
                               help="classification: pool the last token's or the mean hidden state")
+    encode_user_text: bool = help_field(
+        False, help="chat/vqa: also read each user turn through the text encoder (a <text> item put before "
+                    "it), so a pretrained text encoder such as MiniLM sees what the user writes")
 
     def __post_init__(self):
         check_choice("task.kind", self.kind, TASKS)
@@ -274,6 +277,10 @@ class FusionConfig:
             text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            line = e.object.count(b"\n", 0, e.start) + 1
+            raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte 0x{e.object[e.start]:02x}); "
+                              "save the file as UTF-8") from None
         data = load_yaml_or_json(text, path)
         cfg = cls.from_dict(data)
         return dataclasses.replace(cfg, data=_resolve_data_paths(cfg.data, path.parent))
@@ -329,15 +336,25 @@ def load_yaml_or_json(text: str, path: Path) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        except (ValueError, RecursionError) as e:  # a number of over 4300 digits, nesting too deep
+            raise ConfigError(f"{path}: invalid JSON: {_parse_limit(e)}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{path}: invalid YAML: {_parse_limit(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def _parse_limit(error: Exception) -> str:
+    if isinstance(error, RecursionError):
+        return "lists or mappings nested too deeply to read"
+    return str(error).split(";")[0]
 
 
 def _resolve_data_paths(data: DataConfig, base: Path) -> DataConfig:

@@ -36,7 +36,9 @@ def check_choice(path: str, value: Any, choices: tuple) -> None:
 
 def check_range(path: str, value: float, lo: float | None = None, hi: float | None = None,
                 lo_open: bool = False) -> None:
-    """Raise ConfigError unless lo <= value <= hi (lo < value when lo_open)."""
+    """Raise ConfigError unless lo <= value <= hi (lo < value when lo_open); NaN is never in range."""
+    if value != value:  # NaN compares false with everything, so it would pass every bound below
+        raise ConfigError(f"{path}={value!r} must be a number, not NaN")
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise ConfigError(f"{path}={value!r} must be {'>' if lo_open else '>='} {lo}")
     if hi is not None and value > hi:
@@ -52,11 +54,11 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
         return data
     where = path or cls.__name__
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(data).__name__}: {data!r}")
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(data).__name__}: {_show(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=_show)  # keys of a YAML file may be numbers, null...
     if unknown:
-        keys = ", ".join(_join(path, k) for k in unknown)
+        keys = ", ".join(_join(path, k if isinstance(k, str) else _show(k)) for k in unknown)
         raise ConfigError(f"unknown config key {keys}; known keys here: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
     kwargs = {name: _coerce(hints[name], value, _join(path, name)) for name, value in data.items()}
@@ -82,6 +84,16 @@ def field_help(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
+def _show(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` for an error message, shortened; never fails (Python refuses to print an
+    integer of over 4300 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<a {type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else str(key)
 
@@ -90,6 +102,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1000:
+        # past any float, and past what Python prints (4300 digits): refuse it here, by its size
+        digits = int(value.bit_length() * 0.30103) + 1
+        raise ConfigError(f"{path}: a whole number of about {digits} digits is too large")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -102,41 +118,45 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 return _coerce(arg, value, path)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}={value!r} has the wrong type; wanted {tp}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}={_show(value)} has the wrong type; wanted {tp}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}={value!r} must be a list")
+            raise ConfigError(f"{path}={_show(value)} must be a list")
         args = typing.get_args(tp)
         item_tp = args[0] if args else Any
         items = [_coerce(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}={value!r} must be a mapping")
+            raise ConfigError(f"{path}={_show(value)} must be a mapping")
         args = typing.get_args(tp)
+        if args and args[0] is str:
+            bad = next((k for k in value if not isinstance(k, str)), None)
+            if bad is not None or None in value:  # YAML reads `1:` or `null:` as a number or None
+                raise ConfigError(f"{path}: the key {_show(bad)} must be a string")
         val_tp = args[1] if len(args) == 2 else Any
-        return {k: _coerce(val_tp, v, f"{path}.{k}") for k, v in value.items()}
+        return {k: _coerce(val_tp, v, _join(path, k)) for k, v in value.items()}
     if origin is typing.Literal:
         check_choice(path, value, typing.get_args(tp))
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}={value!r} must be a number")
+            raise ConfigError(f"{path}={_show(value)} must be a number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{path}={value!r} must be a whole number")
+            raise ConfigError(f"{path}={_show(value)} must be a whole number")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}={value!r} must be true or false")
+            raise ConfigError(f"{path}={_show(value)} must be true or false")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}={value!r} must be a string")
+            raise ConfigError(f"{path}={_show(value)} must be a string")
         return value
     return value

@@ -115,12 +115,19 @@ def _resolve_media(base: Path, value: Any, loc: _Loc) -> Path:
     if "://" in value or value.startswith("data:"):
         raise loc.error(f"media must be local files inside the data folder {base}; "
                         f"URLs and data URIs are not supported: {value!r:.120}")
-    path = (base / value).resolve()  # an absolute value replaces base
-    if not path.is_relative_to(base):
-        raise loc.error(f"media path {value!r} points outside the data folder {base}; "
-                        "copy the file into that folder and give its path relative to it")
-    if not path.is_file():
-        raise loc.error(f"media file {value!r} does not exist (looked for {path})")
+    try:
+        path = (base / value).resolve()  # an absolute value replaces base
+        if not path.is_relative_to(base):
+            raise loc.error(f"media path {value!r} points outside the data folder {base}; "
+                            "copy the file into that folder and give its path relative to it")
+        if not path.is_file():
+            raise loc.error(f"media file {value!r} does not exist (looked for {path})")
+    except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system...
+        if isinstance(e, DataFormatError):
+            raise
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise loc.error(f"media path {value!r:.120} is not a usable file name ({reason}); "
+                        "give the path of a file inside the data folder") from None
     return path
 
 
@@ -175,6 +182,8 @@ def _iter_records(path: Path, text: str) -> Iterator[tuple[_Loc, Any]]:
             if path.suffix == ".json" and number == 1:
                 hint = "; a .json data file holds an array of records ([...]), a .jsonl file one object per line"
             raise DataFormatError(f"invalid JSON: {e.msg} (column {e.colno}){hint}", path=name, line=number) from None
+        except (ValueError, RecursionError) as e:  # a number of over 4300 digits, arrays nested too deep
+            raise DataFormatError(_json_limit_message(e), path=name, line=number) from None
         yield _Loc(name, number), value
 
 
@@ -199,6 +208,8 @@ def _iter_json_array(name: str, text: str, pos: int) -> Iterator[tuple[_Loc, Any
                 value, end = decoder.raw_decode(text, pos)
             except json.JSONDecodeError as e:
                 raise DataFormatError(f"invalid JSON: {e.msg} (column {e.colno})", path=name, line=e.lineno) from None
+            except (ValueError, RecursionError) as e:
+                raise DataFormatError(_json_limit_message(e), path=name, line=line_at(pos)) from None
             yield _Loc(name, line_at(pos), index), value
             index += 1
             pos = ws.match(text, end).end()
@@ -212,6 +223,13 @@ def _iter_json_array(name: str, text: str, pos: int) -> Iterator[tuple[_Loc, Any
     pos = ws.match(text, pos).end()
     if pos < len(text):
         raise DataFormatError("invalid JSON: extra data after the closing ']'", path=name, line=line_at(pos))
+
+
+def _json_limit_message(error: Exception) -> str:
+    """Valid JSON that Python's reader refuses: an integer of thousands of digits, or deep nesting."""
+    if isinstance(error, RecursionError):
+        return "invalid JSON: arrays or objects nested too deeply to read; flatten the record"
+    return f"invalid JSON: {str(error).split(';')[0]}; write such a number as a string"
 
 
 def _iter_rows(path: Path, text: str, delimiter: str) -> Iterator[tuple[_Loc, list[str]]]:

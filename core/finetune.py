@@ -246,7 +246,8 @@ class _Run:
         self.model.to(self.device)
         if t.compile:
             self.model.decoder.compile()
-        self.processor = Processor(self.tokenizer, self.model.encoders, cfg.decoder.max_length, cfg.task.system_prompt)
+        self.processor = Processor(self.tokenizer, self.model.encoders, cfg.decoder.max_length, cfg.task.system_prompt,
+                                   cfg.task.encode_user_text)
         self.splits = load_splits(cfg.data, cfg.task)
         if not self.splits["train"]:
             raise DataFormatError("no training examples", path=cfg.data.train)

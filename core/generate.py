@@ -61,15 +61,19 @@ def generate_ids(model: MultimodalModel, batch: Batch, gen: GenerationConfig, *,
     rng = torch.Generator().manual_seed(gen.seed) if gen.seed is not None else None
     cache = {cache_keyword(decoder): new_cache(decoder)} if use_cache else {}  # filled in place
     embed_tokens = decoder.get_input_embeddings()
+    # Without padding (one prompt) the decoder needs no mask and no positions: transformers then
+    # skips building a mask on every step, which costs as much as a small model's forward.
+    padded = not use_cache or not bool(mask.all())
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(decoder.forward).parameters else {}
     for step in range(gen.max_new_tokens):
         if not use_cache:
             logits = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False).logits
-        elif step == 0:
-            logits = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                             **cache).logits
+        elif step == 0:  # the prompt: logits of its last position only
+            logits = decoder(inputs_embeds=embeds, attention_mask=mask if padded else None,
+                             position_ids=positions if padded else None, use_cache=True, **cache, **last_only).logits
         else:
-            logits = decoder(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
-                             use_cache=True, **cache).logits
+            logits = decoder(input_ids=ids[:, -1:], attention_mask=mask if padded else None,
+                             position_ids=positions[:, -1:] if padded else None, use_cache=True, **cache).logits
         logits = logits[:, -1]  # (B, V)
         if banned.numel():
             logits = logits.index_fill(1, banned, float("-inf"))
@@ -80,8 +84,9 @@ def generate_ids(model: MultimodalModel, batch: Batch, gen: GenerationConfig, *,
         if bool(finished.all()):
             return
         ids = torch.cat([ids, token[:, None]], dim=1)  # (B, L+1)
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+        if padded:
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
         if not use_cache:
             embeds = torch.cat([embeds, embed_tokens(token[:, None]).to(embeds.dtype)], dim=1)  # (B, L+1, D)
 

@@ -206,6 +206,11 @@ class Host:
             raise PluginError(f"a plugin's route_input failed on {media.name}: {type(e).__name__}: {e}") from e
         if name is None:
             accepted = "; ".join(f"{s.name}: {', '.join(s.mime_types)}" for s in specs) or "nothing"
+            if media.value is item and _looks_like_a_file_name(item):  # a path that is not there
+                raise UnsupportedInputError(
+                    f"there is no file {item!r}; check the path. (Read as text, it is refused too: "
+                    f"accepted here: {accepted})"
+                )
             raise UnsupportedInputError(
                 f"no loaded plugin accepts {media.name} (detected type {media.mime_type}); "
                 f"accepted here: {accepted}. Install a plugin for this type (pip install mmassist-<thing>)"
@@ -237,6 +242,13 @@ class Host:
             }
             for s in self.encoders
         ]
+
+
+def _looks_like_a_file_name(text: Any) -> bool:
+    """One short line with a folder separator or a file extension: a path, more likely than text."""
+    if not isinstance(text, str) or "\n" in text or not 0 < len(text) <= 1024:
+        return False
+    return "/" in text or os.sep in text or bool(os.path.splitext(text.strip())[1])
 
 
 def _own_version() -> str:

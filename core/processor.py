@@ -22,7 +22,7 @@ import torch
 from core.encoders import Encoder
 from core.errors import ConfigError, UnsupportedInputError
 from core.feature_cache import FeatureCache, content_key
-from core.media import Media
+from core.media import Media, text_media
 from core.model import Batch, placeholder_token
 from fusion import IGNORE_INDEX
 
@@ -54,8 +54,12 @@ class Encoded:
 class Processor:
     """Tokenizes conversations and collates examples into :class:`core.model.Batch` objects."""
 
-    def __init__(self, tokenizer, encoders: Mapping[str, Encoder], max_length: int, system_prompt: str | None = None):
+    def __init__(self, tokenizer, encoders: Mapping[str, Encoder], max_length: int, system_prompt: str | None = None,
+                 encode_user_text: bool = False):
         self.tokenizer = tokenizer
+        if encode_user_text and "text" not in encoders:
+            raise ConfigError("task.encode_user_text needs a text encoder (encoders.text)")
+        self.encode_user_text = encode_user_text
         self.encoders = encoders
         self.max_length = max_length
         self.system_prompt = system_prompt
@@ -102,9 +106,24 @@ class Processor:
                 msg = messages[last_user]
                 messages[last_user] = {**msg, "content": (tag + "\n") * len(given) + msg["content"]}
             items[modality].extend(Media.of(x) for x in given)
+        if self.encode_user_text and not items["text"]:
+            messages = self._add_user_text_items(messages, items)
         conv = Conversation(messages, {m: v for m, v in items.items() if v})
         self._check_counts(conv)
         return conv
+
+    def _add_user_text_items(self, messages: list[dict[str, str]], items: dict[str, list[Media]]) -> list[dict[str, str]]:
+        """``task.encode_user_text``: each user turn's own words (placeholders removed) also become a
+        text item, with its ``<text>`` placeholder put before the turn's text."""
+        tag = placeholder_token("text")
+        out = []
+        for msg in messages:
+            words = self._placeholder_re.sub("", msg["content"]).strip() if msg["role"] == "user" else ""
+            if words:
+                items["text"].append(text_media(words))
+                msg = {**msg, "content": f"{tag}\n{msg['content']}"}
+            out.append(msg)
+        return out
 
     def _content_text(self, content: Any, items: dict[str, list[Media]], index: int) -> str:
         if isinstance(content, str):

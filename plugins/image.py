@@ -77,7 +77,8 @@ def load_image(media: Media, max_pixels: int = 50_000_000):
     except UndecodableInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UndecodableInputError(f"{media.name} looks like a decompression bomb and was refused: {e}") from None
+        raise UndecodableInputError(f"{media.name} looks like a decompression bomb and was refused: {e} "
+                                    "If the image is genuine, resize it first") from None
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
         raise UndecodableInputError(
             f"cannot decode {media.name} as an image ({type(e).__name__}: {e}); "

@@ -355,3 +355,28 @@ def test_a_third_party_modality_flows_through_the_same_model(tmp_path, images):
     assert isinstance(asst.chat("What do you hear and see?", images=images[:1], media=[wav]), str)
     out = asst.save_pretrained(tmp_path / "ckpt")
     assert core.Assistant.from_pretrained(out, host=host).chat("Hi", media=[wav]) == asst.chat("Hi", media=[wav])
+
+
+def test_encode_user_text_reads_each_user_turn_through_the_text_encoder(host, images):
+    cfg = tiny_cfg(encoders={"image": IMAGE, "text": TEXT}, task={"kind": "chat", "encode_user_text": True})
+    asst = build(cfg, host)
+    messages = [{"role": "user", "content": "<image>\nWhat colour is it?"}, {"role": "assistant", "content": "red"},
+                {"role": "user", "content": "And its shape?"}]
+    conv = asst.processor.conversation(messages, {"image": images[:1]})
+    assert [m["content"] for m in conv.messages] == ["<text>\n<image>\nWhat colour is it?", "red",
+                                                     "<text>\nAnd its shape?"]
+    assert [m.value for m in conv.items["text"]] == ["What colour is it?", "And its shape?"]
+    # the text items change the answer's inputs: the encoder's features reach the decoder
+    enc = asst.processor.encode(conv, add_generation_prompt=True)
+    assert enc.item_modalities == ["text", "image", "text"]
+    embeds = asst.model.embed(asst.processor.collate([enc]))[0]
+    plain = build(tiny_cfg(encoders={"image": IMAGE, "text": TEXT}), host)
+    plain_enc = plain.processor.encode(plain.processor.conversation(messages, {"image": images[:1]}),
+                                       add_generation_prompt=True)
+    assert embeds.shape[1] > plain.model.embed(plain.processor.collate([plain_enc]))[0].shape[1]
+    assert isinstance(asst.chat("Is this review positive or negative?"), str)
+    # explicit text items are left as given; a model without a text encoder refuses the option
+    given = asst.processor.conversation("Compare <text>.", {"text": ["a review"]})
+    assert [m.value for m in given.items["text"]] == ["a review"]
+    with pytest.raises(core.ConfigError, match="encode_user_text needs a text encoder"):
+        build(tiny_cfg(task={"kind": "chat", "encode_user_text": True}), host)

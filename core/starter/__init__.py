@@ -1,0 +1,217 @@
+"""The starter assistant: a small model trained here, offline, on the bundled data, and shipped with
+the package, so that a fresh machine has an assistant that really works.
+
+- images and videos: a small timm ResNet (``test_resnet``, 0.4 M parameters) trained from scratch,
+  one for pictures and one for video frames;
+- text: the pretrained all-MiniLM-L6-v2 (frozen, referenced rather than copied), which reads every
+  user turn (``task.encode_user_text``) beside the decoder;
+- a 3-layer Llama-style decoder (hidden size 192) with a byte-level BPE tokenizer trained on the training mix;
+- the fusion module between them (MLP projectors, modality and temporal embeddings).
+
+It is trained with :func:`core.finetune` itself, as one multi-task chat run over the bundled mix
+(captions, visual questions, digits, motion, sentiment, plain chat)::
+
+    from core import starter
+    starter.train(Path("runs/starter"))        # or: mmassist train-starter
+    starter.evaluate("starter")                # or: mmassist eval starter
+
+``Assistant.from_pretrained("starter")`` loads the copy installed with the package (:data:`MODEL_DIR`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from core.config import FusionConfig
+from core.errors import MMAssistError
+
+NAME = "starter"
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODEL_DIR = PACKAGE_DIR / "model"
+RECIPE = PACKAGE_DIR / "recipe.yaml"
+TOKENIZER_VOCAB = 2048
+
+# Held-out figures are reported per task; a record's task is read from its id.
+TASKS = {
+    "shapes_caption": "shape captions (exact match)",
+    "shapes_qa": "shape questions (accuracy)",
+    "digits": "digits (accuracy)",
+    "motion": "motion direction (accuracy)",
+    "motion_other": "motion: other questions and captions (exact match)",
+    "sentiment": "SST-2 sentiment through chat (accuracy)",
+    "chat": "plain chat (exact match)",
+}
+TARGETS = {"shapes_caption": 0.90, "shapes_qa": 0.90, "digits": 0.95, "motion": 0.90, "sentiment": 0.82}
+
+
+def is_installed() -> bool:
+    """Whether the trained starter's files are installed with the package."""
+    return (MODEL_DIR / "manifest.json").is_file()
+
+
+def model_path() -> Path:
+    """The installed starter's folder; a clear error if it is not there."""
+    if not is_installed():
+        raise MMAssistError(f"the starter model is not installed ({MODEL_DIR} has no manifest.json); "
+                            "rebuild it with: mmassist train-starter")
+    return MODEL_DIR
+
+
+def recipe(data_root: str | Path | None = None, tokenizer_dir: str | Path | None = None) -> FusionConfig:
+    """The starter's training config (``recipe.yaml``), with the data under ``data_root`` (default:
+    the bundled-data cache) and the decoder's tokenizer from ``tokenizer_dir``."""
+    cfg = FusionConfig.from_file(RECIPE)
+    changes = {}
+    if data_root is not None:
+        root = Path(data_root).resolve()
+        changes.update({f"data.{s}": str(root / f"mix_{s}.jsonl") for s in ("train", "validation", "test")})
+    if tokenizer_dir is not None:
+        changes["decoder.tokenizer"] = str(Path(tokenizer_dir).resolve())
+    return cfg.override(**changes) if changes else cfg
+
+
+def corpus(mix_file: Path) -> Iterable[str]:
+    """Every turn's text of a mix file, placeholders removed: what the tokenizer learns merges from."""
+    with open(mix_file, encoding="utf-8") as f:
+        for line in f:
+            for turn in json.loads(line)["conversations"]:
+                yield turn["value"].replace("<image>", "").replace("<video>", "").strip()
+
+
+def train_tokenizer(mix_file: Path, out: Path, vocab_size: int = TOKENIZER_VOCAB) -> Path:
+    """A byte-level BPE tokenizer trained on the training mix, saved to ``out``."""
+    from core.model import placeholder_token
+    from core.tokenizer import build_tokenizer
+
+    placeholders = [placeholder_token(m) for m in ("image", "video", "text")]
+    tok = build_tokenizer(corpus(mix_file), vocab_size=vocab_size, placeholders=placeholders)
+    tok.save_pretrained(str(out))
+    return out
+
+
+def train(out: str | Path, *, data_root: str | Path | None = None, install: bool = False,
+          callbacks=(), small: bool = False, **overrides) -> "object":
+    """Rebuild the starter from scratch: build the bundled data, train the tokenizer, run
+    :func:`core.finetune` on the recipe, and (``install=True``) copy the result over :data:`MODEL_DIR`.
+
+    :param out: the run folder; the trained model is ``out/model``.
+    :param small: train on the small builds of the bundled data (for tests).
+    :param overrides: recipe fields to replace, by dotted name (``**{"training.epochs": 1}``).
+    :return: the :class:`core.finetune.FinetuneResult`.
+    """
+    from core import bundled
+    from core.finetune import finetune
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    root = bundled.build_all(Path(data_root) if data_root is not None else bundled.default_root(), small=small)
+    tok_dir = train_tokenizer(root / "mix_train.jsonl", out / "tokenizer")
+    cfg = recipe(root, tok_dir)
+    start = time.time()
+    result = finetune(cfg, output_dir=out / "model", callbacks=callbacks, **overrides)
+    (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start}), encoding="utf-8")
+    if install:
+        install_model(result.output_dir)
+    return result
+
+
+MODEL_FILES = ("config.json", "model.safetensors", "manifest.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "chat_template.jinja")
+
+
+def install_model(run_dir: str | Path, target: Path = MODEL_DIR) -> Path:
+    """Copy a trained model's files (not its checkpoints or logs) into ``target``."""
+    run_dir = Path(run_dir)
+    tmp = target.with_name(target.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in MODEL_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, tmp / name)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+
+
+def task_of(record_id: str, question: str) -> str:
+    """The reporting task of a mix record, from its id (``shapes-caption-test-00001``...)."""
+    source = record_id.split("-", 1)[0]
+    if "-caption-" in record_id:
+        return "motion_other" if source == "motion" else f"{source}_caption" if source == "shapes" else source
+    if source == "shapes":
+        return "shapes_qa"
+    if source == "motion":
+        return "motion" if question.startswith(("Where does", "Which way", "In which direction")) else "motion_other"
+    return source
+
+
+@dataclass
+class TaskScore:
+    task: str
+    correct: int
+    total: int
+
+    @property
+    def score(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
+def evaluate(model: str | Path = NAME, *, split: str = "test", data_root: str | Path | None = None,
+             limit: int | None = None, batch_size: int = 32, small: bool = False,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, TaskScore]:
+    """Answer every held-out record of the mix through :meth:`core.Assistant.chat` (greedy) and
+    score exact matches per task (digits and motion captions included in their task).
+
+    :param model: ``"starter"`` or a model folder.
+    :param limit: score only the first ``limit`` records (for a quick look).
+    :param small: score on the small builds of the bundled data (for tests).
+    """
+    import dataclasses
+
+    from core import bundled
+    from core.assistant import Assistant
+    from core.config import DataConfig, TaskConfig
+    from core.data import load_examples
+    from core.finetune import encode_example
+
+    assistant = Assistant.from_pretrained(model)
+    root = bundled.build_all(Path(data_root) if data_root is not None else bundled.default_root(), small=small)
+    examples = load_examples(root / f"mix_{split}.jsonl", TaskConfig(kind="chat"), DataConfig())
+    ids = [json.loads(line)["id"] for line in open(root / f"mix_{split}.jsonl", encoding="utf-8")]
+    if limit is not None:
+        examples, ids = examples[:limit], ids[:limit]
+    gen = dataclasses.replace(assistant.cfg.generation, temperature=0.0)
+    scores: dict[str, TaskScore] = {}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        prompts = [encode_example(e, assistant.processor, assistant.cfg, for_training=False) for e in chunk]
+        answers = assistant._generate_batch(prompts, gen)
+        for ex, rid, answer in zip(chunk, ids[start:start + batch_size], answers):
+            question = next(m["content"] for m in ex.messages if m["role"] == "user")
+            question = question.split("\n", 1)[-1] if question.startswith("<") else question
+            task = task_of(rid, question)
+            reference = next(m["content"] for m in reversed(ex.messages) if m["role"] == "assistant")
+            s = scores.setdefault(task, TaskScore(task, 0, 0))
+            s.total += 1
+            s.correct += int(answer.strip() == reference.strip())
+        if progress is not None:
+            progress(min(start + batch_size, len(examples)), len(examples))
+    return {t: scores[t] for t in TASKS if t in scores}
+
+
+def report(scores: dict[str, TaskScore]) -> str:
+    """A Markdown table of per-task scores, with the targets."""
+    lines = ["| task | score | correct / total | target |", "| --- | ---: | ---: | ---: |"]
+    for task, s in scores.items():
+        target = f"{TARGETS[task]:.2f}" if task in TARGETS else ""
+        lines.append(f"| {TASKS[task]} | {s.score:.3f} | {s.correct} / {s.total} | {target} |")
+    return "\n".join(lines)
