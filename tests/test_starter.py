@@ -55,3 +55,95 @@ def test_the_recipe_trains_end_to_end_and_installs(small_data, tmp_path):
 ])
 def test_records_are_scored_under_their_task(rid, question, task):
     assert starter.task_of(rid, question) == task
+
+
+# -- the shipped starter ------------------------------------------------------------------------------
+
+EXAMPLES = json.loads((starter.EXAMPLES_DIR / "examples.json").read_text()) if starter.EXAMPLES_DIR.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def assistant():
+    return core.Assistant.from_pretrained("starter")
+
+
+def test_the_starter_is_installed_with_the_package_and_small():
+    assert starter.is_installed(), "core/starter/model is missing: mmassist train-starter --install"
+    size = sum(p.stat().st_size for p in starter.MODEL_DIR.iterdir())
+    assert size < 25 * 2**20, f"the shipped starter is {size / 2**20:.1f} MiB"
+    manifest = json.loads((starter.MODEL_DIR / "manifest.json").read_text())
+    cfg = core.FusionConfig.from_file(starter.MODEL_DIR / "config.json")
+    assert cfg.encoders["text"].freeze and cfg.encoders["text"].config.get("model_path") is None  # MiniLM referenced
+    assert manifest
+
+
+def test_the_starter_loads_offline_with_no_network(tmp_path):
+    """A fresh process that cannot open a socket loads the starter and answers."""
+    script = (
+        "import socket\n"
+        "def refuse(*a, **k): raise OSError('network access attempted')\n"
+        "socket.socket.connect = refuse\nsocket.create_connection = refuse\n"
+        "import core\n"
+        "asst = core.Assistant.from_pretrained('starter')\n"
+        "print(asst.chat('hello').strip())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip(), "the starter gave no answer"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e["id"] for e in EXAMPLES])
+def test_the_starter_answers_held_out_examples(assistant, example):
+    media = {}
+    if example["file"]:
+        path = str(starter.EXAMPLES_DIR / example["file"])
+        media = {"videos": [path]} if path.endswith(".mp4") else {"images": [path]}
+    assert assistant.chat(example["question"], **media).strip() == example["answer"]
+
+
+def test_the_examples_cover_images_a_video_and_text():
+    assert {e["task"] for e in EXAMPLES} >= {"shapes_qa", "digits", "motion_other", "sentiment", "chat"}
+    assert all((starter.EXAMPLES_DIR / e["file"]).is_file() for e in EXAMPLES if e["file"])
+
+
+def test_eval_command_scores_the_starter_per_task():
+    env = {**os.environ, "MMASSIST_DATA_DIR": os.environ.get("MMASSIST_DATA_DIR", str(bundled.default_root()))}
+    out = subprocess.run([sys.executable, "-m", "core.cli", "eval", "starter", "--limit", "24", "--json"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    scores = json.loads(out.stdout)
+    assert sum(s["total"] for s in scores.values()) == 24
+    assert set(scores) <= set(starter.TASKS)
+
+
+def test_the_web_app_answers_with_the_starter_by_default(tmp_path):
+    """What `make demo` serves: the app with no model given uses the starter, offers its examples,
+    and answers one of them correctly."""
+    pytest.importorskip("gradio_client")
+    from gradio_client import Client, handle_file
+
+    from ui.app import build_app
+    from ui.testing import serve
+
+    app = build_app(None, runs_dir=tmp_path / "runs")
+    assert app.mmassist.store.key(None) == "starter"
+    assert "starter-examples" in json.dumps(app.config, default=str)
+    example = next(e for e in EXAMPLES if e["file"] and e["task"] == "shapes_qa")
+    with serve(app) as url:
+        client = Client(url, verbose=False)
+        message = {"text": example["question"], "files": [handle_file(str(starter.EXAMPLES_DIR / example["file"]))]}
+        answer = client.predict(message, "", 0.0, 1.0, 32, api_name="/chat")
+    assert answer.strip() == example["answer"]
+
+
+def test_a_follow_up_question_in_the_same_chat(assistant):
+    digit = next(e for e in EXAMPLES if e["task"] == "digits")
+    path = str(starter.EXAMPLES_DIR / digit["file"])
+    messages = [{"role": "user", "content": [{"type": "image", "image": path}, {"type": "text", "text": "Describe this image."}]},
+                {"role": "assistant", "content": f"a handwritten digit {digit['answer']}"},
+                {"role": "user", "content": "Which digit is this?"}]
+    assert assistant.chat(messages).strip() == digit["answer"]
+    assert assistant.chat("hello").startswith("Hello!")

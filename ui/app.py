@@ -83,6 +83,37 @@ def build_app(model: str | None = None, *, host: Host | None = None,
     return demo
 
 
+def starter_examples(shared: Shared) -> list[dict[str, Any]]:
+    """The starter's held-out examples as message-box values, when the starter is the default model.
+
+    The media are copied to a folder under the system's temporary folder, one of the places Gradio
+    serves files from, since the package's own folder may not be.
+    """
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+
+    from core import starter
+
+    index = starter.EXAMPLES_DIR / "examples.json"
+    if shared.store.key(None) != "starter" or not starter.is_installed() or not index.is_file():
+        return []
+    examples = json.loads(index.read_text(encoding="utf-8"))
+    folder = Path(tempfile.gettempdir()) / "mmassist-examples" / hashlib.sha256(index.read_bytes()).hexdigest()[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for e in examples:
+        files = []
+        if e.get("file"):
+            target = folder / e["file"]
+            if not target.is_file():
+                shutil.copy2(starter.EXAMPLES_DIR / e["file"], target)
+            files.append(str(target))
+        out.append({"text": e["question"], "files": files})
+    return out
+
+
 def chat_tab(gr, shared: Shared) -> None:
     """Generation settings, the conversation and the message box (text and attachments)."""
     gen_help, gen_defaults = field_help(GenerationConfig), GenerationConfig()
@@ -126,6 +157,10 @@ def chat_tab(gr, shared: Shared) -> None:
     gr.ChatInterface(respond, multimodal=True, chatbot=chatbot, textbox=textbox,
                      additional_inputs=[shared.model_box, *generation], api_visibility="private",
                      concurrency_limit=shared.concurrency, fill_height=False, autofocus=False)
+    examples = starter_examples(shared)
+    if examples:
+        gr.Examples(examples=[[e] for e in examples], inputs=[textbox], label="Try the starter model",
+                    examples_per_page=12, elem_id="starter-examples")
 
     # /chat for scripts: the same answers, errors raised; follow-ups within a client session.
     api_message = gr.MultimodalTextbox(file_types=shared.media_types, file_count="multiple", visible=False)
