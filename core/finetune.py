@@ -242,7 +242,9 @@ class _Run:
             cached = [m for m, e in cfg.encoders.items() if e.freeze and m not in t.lora.encoders]
             self.model.feature_cache = FeatureCache(cached) if cached else None
         if t.gradient_checkpointing:
-            self.model.decoder.gradient_checkpointing_enable()
+            decoder = self.model.decoder  # transformers 5.x renamed it; older releases have the old name
+            enable = getattr(decoder, "activation_checkpointing_enable", None) or decoder.gradient_checkpointing_enable
+            enable()
         self.model.to(self.device)
         if t.compile:
             self.model.decoder.compile()

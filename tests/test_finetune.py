@@ -313,3 +313,33 @@ def test_gradient_accumulation_equals_a_bigger_batch(classify_file, host, tmp_pa
     # Float noise from summing in two halves, grown by Adam: about 1.5e-5 (measured).
     for (name, x), y in zip(weights(a.model).items(), weights(b.model).values()):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=5e-5, msg=name)
+
+
+def test_gradient_checkpointing_gives_the_same_losses(caption_dir, host, tmp_path):
+    runs = {}
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        res = core.finetune(caption_cfg(caption_dir, epochs=1, gradient_checkpointing=ckpt, log_every=1,
+                                        dropout=0.0),
+                            output_dir=tmp_path / f"run{ckpt}", host=host)
+        runs[ckpt] = [h["loss"] for h in res.history if h["split"] == "train" and "loss" in h]
+    assert len(runs[True]) >= 2
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+
+
+def test_lora_on_an_encoder_trains_its_adapters_and_merges(caption_dir, host, tmp_path):
+    cfg = caption_cfg(caption_dir, epochs=1, lora={"enabled": True, "r": 4, "encoders": ["image"]})
+    cfg["encoders"]["image"]["freeze"] = False
+    torch.manual_seed(0)
+    start = core.Assistant.from_config(cfg, host=host)
+    res = core.finetune(cfg, output_dir=tmp_path / "run", host=host)
+    asst = core.Assistant.from_pretrained(res.output_dir, host=host)
+    before, after = weights(start.model), weights(asst.model)
+    changed_enc = {n for n in before if n.startswith("encoders.image.") and not torch.equal(before[n], after[n])}
+    assert changed_enc and all("lora_" in n for n in changed_enc), sorted(changed_enc)[:5]
+    merged = asst.merged()
+    assert not any("lora_" in n for n in merged.model.state_dict())
+    conv = asst.processor.conversation("Describe.", {"image": [caption_dir / "img0.png"]})
+    batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)])
+    with torch.no_grad():
+        torch.testing.assert_close(merged.model(batch).logits, asst.model(batch).logits, atol=1e-4, rtol=1e-4)
