@@ -25,10 +25,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from core.config import FusionConfig
 from core.errors import MMAssistError
+
+if TYPE_CHECKING:
+    from core.finetune import FinetuneResult
 
 NAME = "starter"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -98,7 +101,7 @@ def train_tokenizer(mix_file: Path, out: Path, vocab_size: int = TOKENIZER_VOCAB
 
 
 def train(out: str | Path, *, data_root: str | Path | None = None, install: bool = False,
-          callbacks=(), small: bool = False, **overrides) -> "object":
+          callbacks=(), small: bool = False, **overrides) -> "FinetuneResult":
     """Rebuild the starter from scratch: build the bundled data, train the tokenizer, run
     :func:`core.finetune` on the recipe, and (``install=True``) copy the result over :data:`MODEL_DIR`.
 
