@@ -102,7 +102,7 @@ def cmd_train_starter(args: argparse.Namespace) -> int:
     res = starter.train(args.output_dir, install=args.install, callbacks=[ProgressPrinter()], **overrides)
     print(f"trained in {(time.time() - start) / 60:.1f} min; model in {res.output_dir}")
     if args.install:
-        print(f"installed as the starter: {starter.MODEL_DIR}")
+        print(f"installed as the starter: {starter.MODEL_DIR}; its held-out examples re-picked: {starter.EXAMPLES_DIR}")
     else:
         print(f"evaluate it: mmassist eval {res.output_dir}; make it the starter: add --install")
     return 0

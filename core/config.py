@@ -162,6 +162,7 @@ class LoraConfig:
 
 
 METRICS = ("loss", "accuracy", "macro_f1", "exact_match", "bleu", "cider_d")
+GENERATED_METRICS = ("exact_match", "bleu", "cider_d")  # scored on answers generated during validation
 
 
 @dataclass
@@ -231,6 +232,9 @@ class TrainingConfig:
         check_range("training.keep_checkpoints", self.keep_checkpoints, 1)
         check_choice("training.metric", self.metric, ("auto",) + METRICS)
         check_range("training.eval_generate", self.eval_generate, 0)
+        if self.metric in GENERATED_METRICS and self.eval_generate == 0:
+            raise ConfigError(f"training.metric={self.metric!r} scores generated answers, but "
+                              "training.eval_generate=0 generates none; set eval_generate > 0 or metric: loss")
         check_choice("training.strategy", self.strategy, ("ddp", "fsdp"))
         check_range("training.log_every", self.log_every, 1)
 

@@ -211,6 +211,15 @@ def test_a_bad_dataset_line_is_reported_with_its_line_number(caption_dir, host, 
         core.finetune(caption_cfg(bad), output_dir=tmp_path / "run", host=host)
 
 
+def test_a_generated_metric_without_generated_answers_is_a_config_error(caption_dir, host, tmp_path):
+    # exact match needs answers generated on the validation split; none would be, so say so up front
+    # rather than fail with a KeyError after the first epoch.
+    with pytest.raises(core.ConfigError, match="eval_generate"):
+        core.finetune(caption_cfg(caption_dir, epochs=1), output_dir=tmp_path / "run", host=host,
+                      **{"training.metric": "exact_match", "training.eval_generate": 0})
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_config_passed_in_is_unchanged(caption_dir, host, tmp_path):
     cfg = core.FusionConfig.from_dict(caption_cfg(caption_dir, epochs=1))
     raw = caption_cfg(caption_dir, epochs=1)

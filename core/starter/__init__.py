@@ -123,6 +123,7 @@ def train(out: str | Path, *, data_root: str | Path | None = None, install: bool
     (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start}), encoding="utf-8")
     if install:
         install_model(result.output_dir)
+        pick_examples(MODEL_DIR, data_root=root, small=small)
     return result
 
 
@@ -143,6 +144,57 @@ def install_model(run_dir: str | Path, target: Path = MODEL_DIR) -> Path:
         shutil.rmtree(target)
     tmp.rename(target)
     return target
+
+
+# Held-out examples the web app offers and the tests check, per task (tasks the model never gets right
+# are left out rather than shown wrong).
+EXAMPLES_PER_TASK = {"shapes_caption": 1, "shapes_qa": 3, "digits": 2, "motion": 1, "motion_other": 1,
+                     "sentiment": 2, "chat": 1}
+
+
+def pick_examples(model: str | Path = NAME, target: Path = EXAMPLES_DIR, *, data_root: str | Path | None = None,
+                  per_task: dict[str, int] | None = None, tries: int = 60, small: bool = False) -> list[dict]:
+    """Write ``target/examples.json`` (and copies of their media): the first held-out test records of each
+    task that ``model`` answers correctly through :meth:`core.Assistant.chat`, up to ``per_task[task]``
+    each, trying at most ``tries`` records per task. Run after installing a newly trained starter.
+
+    :return: the examples written (``id``, ``task``, ``question``, ``answer``, ``file``).
+    """
+    from core import bundled
+    from core.assistant import Assistant
+
+    want = dict(EXAMPLES_PER_TASK if per_task is None else per_task)
+    assistant = Assistant.from_pretrained(model)
+    root = bundled.build_all(Path(data_root) if data_root is not None else bundled.default_root(), small=small)
+    picked, tried = [], {}
+    with open(root / "mix_test.jsonl", encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            question, reference = (turn["value"] for turn in rec["conversations"][:2])
+            plain = question.split("\n", 1)[1] if question.startswith("<") else question
+            task = task_of(rec["id"], plain)
+            if want.get(task, 0) <= 0 or tried.get(task, 0) >= tries:
+                continue
+            tried[task] = tried.get(task, 0) + 1
+            file = rec.get("image") or rec.get("video")
+            media = {"images": [str(root / file)]} if "image" in rec else \
+                {"videos": [str(root / file)]} if "video" in rec else {}
+            if assistant.chat(plain, **media).strip() == reference.strip():
+                want[task] -= 1
+                picked.append({"id": rec["id"], "task": task, "question": plain, "answer": reference, "file": file})
+    tmp = target.with_name(target.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for example in picked:
+        if example["file"]:
+            name = example["id"] + Path(example["file"]).suffix
+            shutil.copy2(root / example["file"], tmp / name)
+            example["file"] = name
+    (tmp / "examples.json").write_text(json.dumps(picked, indent=1) + "\n", encoding="utf-8")
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return picked
 
 
 # -- evaluation -----------------------------------------------------------------------------------
