@@ -82,6 +82,15 @@ def weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def train_and_reload(cfg: dict, host, out: Path):
+    """The weights a seeded model starts from, the reloaded result of fine-tuning it, and that result."""
+    torch.manual_seed(0)
+    start = core.Assistant.from_config(cfg, host=host)
+    res = core.finetune(cfg, output_dir=out, host=host)
+    end = core.Assistant.from_pretrained(res.output_dir, host=host)
+    return weights(start.model), weights(end.model), end
+
+
 def test_a_tiny_captioning_run_overfits_to_exact_match(caption_dir, host, tmp_path):
     cfg = caption_cfg(caption_dir)
     cfg["data"]["test"] = str(caption_dir)
@@ -110,11 +119,7 @@ def test_a_classifier_learns_a_separable_task_and_reports_per_class(classify_fil
 def test_freezing_leaves_frozen_weights_bit_identical(classify_file, host, tmp_path):
     cfg = classify_cfg(classify_file, epochs=1, freeze=["fusion.projectors.image"])
     cfg["encoders"]["image"]["freeze"] = True
-    torch.manual_seed(0)
-    start = core.Assistant.from_config(cfg, host=host)
-    res = core.finetune(cfg, output_dir=tmp_path / "run", host=host)
-    end = core.Assistant.from_pretrained(res.output_dir, host=host)
-    before, after = weights(start.model), weights(end.model)
+    before, after, _ = train_and_reload(cfg, host, tmp_path / "run")
     for name in before:
         same = torch.equal(before[name], after[name])
         if name.startswith(("encoders.image.", "fusion.projectors.image.")):
@@ -124,11 +129,7 @@ def test_freezing_leaves_frozen_weights_bit_identical(classify_file, host, tmp_p
 
 def test_lora_trains_only_adapters_and_the_merged_export_matches(caption_dir, host, tmp_path):
     cfg = caption_cfg(caption_dir, epochs=2, lora={"enabled": True, "r": 4})
-    torch.manual_seed(0)
-    start = core.Assistant.from_config(cfg, host=host)
-    res = core.finetune(cfg, output_dir=tmp_path / "run", host=host)
-    asst = core.Assistant.from_pretrained(res.output_dir, host=host)
-    before, after = weights(start.model), weights(asst.model)
+    before, after, asst = train_and_reload(cfg, host, tmp_path / "run")
     changed = {n for n in before if n.startswith("decoder.") and not torch.equal(before[n], after[n])}
     assert changed and all("lora_" in n for n in changed)
     merged = asst.merged()
@@ -339,11 +340,7 @@ def test_gradient_checkpointing_gives_the_same_losses(caption_dir, host, tmp_pat
 def test_lora_on_an_encoder_trains_its_adapters_and_merges(caption_dir, host, tmp_path):
     cfg = caption_cfg(caption_dir, epochs=1, lora={"enabled": True, "r": 4, "encoders": ["image"]})
     cfg["encoders"]["image"]["freeze"] = False
-    torch.manual_seed(0)
-    start = core.Assistant.from_config(cfg, host=host)
-    res = core.finetune(cfg, output_dir=tmp_path / "run", host=host)
-    asst = core.Assistant.from_pretrained(res.output_dir, host=host)
-    before, after = weights(start.model), weights(asst.model)
+    before, after, asst = train_and_reload(cfg, host, tmp_path / "run")
     changed_enc = {n for n in before if n.startswith("encoders.image.") and not torch.equal(before[n], after[n])}
     assert changed_enc and all("lora_" in n for n in changed_enc), sorted(changed_enc)[:5]
     merged = asst.merged()

@@ -104,20 +104,19 @@ def test_the_starter_answers_held_out_examples(assistant, example):
     assert assistant.chat(example["question"], **media).strip() == example["answer"]
 
 
-def test_examples_are_re_picked_from_what_a_model_answers(small_data, tmp_path):
+def test_examples_are_re_picked_from_what_a_model_answers(assistant, small_data, tmp_path):
     """After a retrain, `train-starter --install` re-picks the examples the new model gets right."""
     picked = starter.pick_examples("starter", tmp_path / "examples", data_root=small_data, small=True, tries=10,
                                    per_task={"digits": 1, "sentiment": 1, "chat": 1, "shapes_qa": 1})
     index = json.loads((tmp_path / "examples" / "examples.json").read_text())
     assert index == picked and picked, "the shipped starter got none of the small test split right"
     assert all(sum(e["task"] == t for e in picked) <= 1 for t in ("digits", "sentiment", "chat", "shapes_qa"))
-    asst = core.Assistant.from_pretrained("starter")
     for e in picked:
         media = {}
         if e["file"]:
             assert (tmp_path / "examples" / e["file"]).is_file()
             media = {"images": [str(tmp_path / "examples" / e["file"])]}
-        assert asst.chat(e["question"], **media).strip() == e["answer"]
+        assert assistant.chat(e["question"], **media).strip() == e["answer"]
 
 
 def test_the_shipped_image_encoder_tells_pictures_apart(assistant):
@@ -175,9 +174,7 @@ def test_a_follow_up_question_in_the_same_chat(assistant):
     """The picture of the first turn still answers a question two turns later. The training mix is
     single-turn, so this is weaker than a first question (README: 0.33 on digits): the test asks for
     well above chance (0.1) over 30 held-out digits, then that the chat goes on."""
-    root = bundled.default_root()
-    if not (root / "mix_test.jsonl").is_file():
-        bundled.build_all(root)
+    root = bundled.build_all(bundled.default_root())
     digits = [json.loads(line) for line in open(root / "mix_test.jsonl", encoding="utf-8")]
     digits = [r for r in digits if r["id"].startswith("digits-") and "-caption-" not in r["id"]][:30]
     correct = 0

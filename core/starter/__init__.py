@@ -134,12 +134,22 @@ MODEL_FILES = ("config.json", "model.safetensors", "manifest.json", "tokenizer.j
 def install_model(run_dir: str | Path, target: Path = MODEL_DIR) -> Path:
     """Copy a trained model's files (not its checkpoints or logs) into ``target``."""
     run_dir = Path(run_dir)
-    tmp = target.with_name(target.name + ".new")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _fresh_folder(target)
     for name in MODEL_FILES:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, tmp / name)
+    return _replace_folder(tmp, target)
+
+
+def _fresh_folder(target: Path) -> Path:
+    """An empty ``<target>.new`` beside ``target``, to fill and then swap in with :func:`_replace_folder`."""
+    tmp = target.with_name(target.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _replace_folder(tmp: Path, target: Path) -> Path:
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
@@ -171,7 +181,7 @@ def pick_examples(model: str | Path = NAME, target: Path = EXAMPLES_DIR, *, data
         for line in f:
             rec = json.loads(line)
             question, reference = (turn["value"] for turn in rec["conversations"][:2])
-            plain = question.split("\n", 1)[1] if question.startswith("<") else question
+            plain = _without_placeholders(question)
             task = task_of(rec["id"], plain)
             if want.get(task, 0) <= 0 or tried.get(task, 0) >= tries:
                 continue
@@ -182,22 +192,23 @@ def pick_examples(model: str | Path = NAME, target: Path = EXAMPLES_DIR, *, data
             if assistant.chat(plain, **media).strip() == reference.strip():
                 want[task] -= 1
                 picked.append({"id": rec["id"], "task": task, "question": plain, "answer": reference, "file": file})
-    tmp = target.with_name(target.name + ".new")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _fresh_folder(target)
     for example in picked:
         if example["file"]:
             name = example["id"] + Path(example["file"]).suffix
             shutil.copy2(root / example["file"], tmp / name)
             example["file"] = name
     (tmp / "examples.json").write_text(json.dumps(picked, indent=1) + "\n", encoding="utf-8")
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    _replace_folder(tmp, target)
     return picked
 
 
 # -- evaluation -----------------------------------------------------------------------------------
+
+
+def _without_placeholders(question: str) -> str:
+    """A mix record's question as a user types it: the ``<image>``/``<video>`` line before it dropped."""
+    return question.split("\n", 1)[-1] if question.startswith("<") else question
 
 
 def task_of(record_id: str, question: str) -> str:
@@ -255,7 +266,7 @@ def evaluate(model: str | Path = NAME, *, split: str = "test", data_root: str | 
         answers = assistant._generate_batch(prompts, gen)
         for ex, rid, answer in zip(chunk, ids[start:start + batch_size], answers):
             question = next(m["content"] for m in ex.messages if m["role"] == "user")
-            question = question.split("\n", 1)[-1] if question.startswith("<") else question
+            question = _without_placeholders(question)
             task = task_of(rid, question)
             reference = next(m["content"] for m in reversed(ex.messages) if m["role"] == "assistant")
             s = scores.setdefault(task, TaskScore(task, 0, 0))
