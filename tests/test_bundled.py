@@ -400,6 +400,41 @@ def test_mix_files_load_as_chat(root):
         assert any(e.messages[1]["content"].startswith("Hello!") for e in examples)
 
 
+def test_follow_ups_ask_about_the_same_media_a_turn_later(root):
+    """Training: a share of the media has its two questions in one conversation instead of two records;
+    held out: every shape scene and clip gets one in addition, digits none. Each loads as a two-turn chat
+    whose second question has no placeholder, and the reader finds the media of the first turn."""
+    singles = {s: [{**r, "media": f"{name}/{_media(r)}"} for name in MEDIA_DATASETS
+                   for r in read_jsonl(root / name / f"qa_{s}.jsonl")] for s in SPLITS}
+    for split in SPLITS:
+        mix = read_jsonl(root / f"mix_{split}.jsonl")
+        follow_ups = [r for r in mix if "-followup-" in r["id"]]
+        kept = {r["id"] for r in mix if r["id"] in {q["id"] for q in singles[split]}}
+        by_media = {}
+        for rec in singles[split]:
+            by_media.setdefault(rec["media"], []).append(rec)
+        for rec in follow_ups:
+            first, second = by_media[_media(rec)][:2]
+            turns = rec["conversations"]
+            assert turns[:2] == first["conversations"] and turns[3] == second["conversations"][1]
+            assert turns[2]["value"] == second["conversations"][0]["value"].split("\n", 1)[1]
+            assert (first["id"] in kept) == (second["id"] in kept) == (split != "train")
+        sources = {r["id"].split("-", 1)[0] for r in follow_ups}
+        if split == "train":
+            assert sources == set(MEDIA_DATASETS)
+            assert len(kept) == len(singles["train"]) - 2 * len(follow_ups)
+        else:
+            assert sources == set(bundled.FOLLOW_UP_HELD_OUT)
+            assert len(follow_ups) == sum(SMALL[split] for _ in bundled.FOLLOW_UP_HELD_OUT)
+            assert len(kept) == len(singles[split])
+        examples = load_examples(root / f"mix_{split}.jsonl", CHAT, DataConfig())
+        loaded = [e for e in examples if e.source.endswith(tuple(f":{i}" for i, r in enumerate(mix, 1)
+                                                                   if "-followup-" in r["id"]))]
+        assert len(loaded) == len(follow_ups)
+        assert all([m["role"] for m in e.messages] == ["user", "assistant"] * 2 and len(e.media) == 1
+                   for e in loaded)
+
+
 def test_dataset_files_load_through_the_readers(root):
     caption = TaskConfig(kind="caption")
     for name in MEDIA_DATASETS:

@@ -33,13 +33,44 @@ def test_the_recipe_trains_end_to_end_and_installs(small_data, tmp_path):
     cfg = core.FusionConfig.from_file(res.output_dir / "config.json")
     assert set(cfg.encoders) == {"image", "video", "text"} and cfg.encoders["text"].freeze
     assert cfg.task.encode_user_text and cfg.decoder.init["model_type"] == "llama"
+    weights = tmp_path / "run" / "backbone" / "backbone.safetensors"  # stage one, then the chat run from it
+    assert cfg.encoders["image"].config["checkpoint_path"] == str(weights.resolve())
+    assert cfg.encoders["video"].config["backbone"]["checkpoint_path"] == str(weights.resolve())
     installed = starter.install_model(res.output_dir, tmp_path / "installed")
     assert sorted(p.name for p in installed.iterdir()) == sorted(
         n for n in starter.MODEL_FILES if (res.output_dir / n).is_file())
+    shipped = core.FusionConfig.from_file(installed / "config.json")  # its backbones are in model.safetensors
+    assert shipped.encoders["image"].config["checkpoint_path"] is None
+    assert shipped.encoders["video"].config["backbone"]["checkpoint_path"] is None
+    weights.unlink()
+    assert core.Assistant.from_pretrained(installed).chat("hello") is not None  # needs no stage-one file
     scores = starter.evaluate(installed, data_root=small_data, small=True, limit=12, batch_size=6)
     assert sum(s.total for s in scores.values()) == 12
     assert set(scores) <= set(starter.TASKS)
     assert "| task | score |" in starter.report(scores)
+
+
+def test_stage_one_teaches_the_backbone_and_saves_timm_weights(small_data, tmp_path):
+    """The backbone pretraining fits the training labels (its loss falls) and writes weights that the
+    image plugin loads as checkpoint_path, tensor for tensor."""
+    import torch
+    from safetensors.torch import load_file
+
+    from core.starter.backbone import pretrain_backbone
+    from plugins.image import TimmImageConfig, TimmImageEncoder
+
+    image_config = dict(starter.recipe().encoders["image"].config)
+    losses = []
+    weights = pretrain_backbone(image_config, small_data, tmp_path, steps=60, batch_size=16, digits_per_batch=4,
+                                progress=lambda step, steps, loss: losses.append(loss))
+    assert len(losses) == 60 and sum(losses[-10:]) < 0.5 * sum(losses[:10]), losses
+    report = json.loads((tmp_path / "backbone.json").read_text())
+    assert set(report) == {"steps", "seconds", "shape_kind", "shape_colour", "shape_size", "digit"}
+    assert all(0.0 <= report[k] <= 1.0 for k in ("shape_kind", "shape_colour", "shape_size", "digit"))
+    encoder = TimmImageEncoder(TimmImageConfig(**{**image_config, "checkpoint_path": str(weights)}))
+    saved = load_file(str(weights))
+    assert saved.keys() == encoder.backbone.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in encoder.backbone.state_dict().items())
 
 
 @pytest.mark.parametrize("rid, question, task", [
@@ -52,6 +83,8 @@ def test_the_recipe_trains_end_to_end_and_installs(small_data, tmp_path):
     ("motion-00000-1", "What shape is moving?", "motion_other"),
     ("sentiment-test-00001", "Review: ...", "sentiment"),
     ("chat-test-0001", "hello", "chat"),
+    ("shapes-followup-test-00004", "Where is the square?", "follow_up"),
+    ("motion-followup-test-00000", "Where does the circle move?", "follow_up"),
 ])
 def test_records_are_scored_under_their_task(rid, question, task):
     assert starter.task_of(rid, question) == task
@@ -171,9 +204,9 @@ def test_the_web_app_answers_with_the_starter_by_default(tmp_path):
 
 
 def test_a_follow_up_question_in_the_same_chat(assistant):
-    """The picture of the first turn still answers a question two turns later. The training mix is
-    single-turn, so this is weaker than a first question (README: 0.33 on digits): the test asks for
-    well above chance (0.1) over 30 held-out digits, then that the chat goes on."""
+    """The picture of the first turn still answers a question two turns later (README: 60 of 60 held-out
+    digits; 0.33 for the starter trained on single-turn chats only): at least 27 of 30 here, chance being
+    3, then the chat goes on."""
     root = bundled.build_all(bundled.default_root())
     digits = [json.loads(line) for line in open(root / "mix_test.jsonl", encoding="utf-8")]
     digits = [r for r in digits if r["id"].startswith("digits-") and "-caption-" not in r["id"]][:30]
@@ -185,5 +218,5 @@ def test_a_follow_up_question_in_the_same_chat(assistant):
                     {"role": "assistant", "content": f"a handwritten digit {answer}"},
                     {"role": "user", "content": "Which digit is this?"}]
         correct += assistant.chat(messages).strip() == answer
-    assert correct >= 6, f"{correct}/30 follow-ups right; chance is 3"
+    assert correct >= 27, f"{correct}/30 follow-ups right; chance is 3"
     assert assistant.chat("hello").startswith("Hello!")

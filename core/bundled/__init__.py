@@ -32,12 +32,19 @@ from core.errors import DataFormatError, UnknownNameError
 
 # Bump whenever any builder's output changes: it names the default cache folder, and a built folder
 # of another version is rebuilt.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 URI_PREFIX = "bundled:"
 ENV_DATA_DIR = "MMASSIST_DATA_DIR"
 MIX_SEED = 6
 # Chat records are few; the training mix repeats them so that they are not drowned out.
 MIX_CHAT_REPEAT = 5
+# Follow-ups: in the training mix, this share of the pictures and clips has its two questions asked in
+# one conversation, the second in a later turn without the media placeholder, so the model learns to
+# answer about media from an earlier turn. The validation and test mixes keep every single question and
+# add such a conversation for every shape scene and clip (not digits: there the second answer repeats
+# the first, which a model could copy).
+FOLLOW_UP_SHARE = 0.3
+FOLLOW_UP_HELD_OUT = ("shapes", "motion")
 _MEDIA_FOLDERS = {"images": "image", "videos": "video"}
 
 BUNDLED: dict[str, Callable[..., Built]] = {
@@ -232,8 +239,11 @@ def _build_mix(root: Path, small: bool) -> None:
                         rec[modality] = f"{name}/{rec[modality]}"
                 qa.append(rec)
             repeat = MIX_CHAT_REPEAT if name == "chat" and split == "train" else 1
+            qa, follow_ups = _with_follow_ups(name, split, qa, rng)
             per_source[f"{name}_qa"] = len(qa) * repeat
-            taken += qa * repeat
+            if follow_ups:
+                per_source[f"{name}_follow_ups"] = len(follow_ups)
+            taken += qa * repeat + follow_ups
             records += taken
         rng.shuffle(records)
         tmp = root / f".mix_{split}.jsonl.{os.getpid()}.tmp"
@@ -244,6 +254,32 @@ def _build_mix(root: Path, small: bool) -> None:
     write_json(root / "mix_manifest.json", {"name": "mix", "generator_version": GENERATOR_VERSION,
                                             "small": small, "seed": MIX_SEED, "chat_repeat_train": MIX_CHAT_REPEAT,
                                             "counts": counts, "datasets": _dataset_fingerprints(root)})
+
+
+def _with_follow_ups(name: str, split: str, qa: list[dict], rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """A media dataset's single questions and its two-question conversations (see FOLLOW_UP_SHARE):
+    in training they replace the two single questions they hold; held out, they come in addition."""
+    groups: dict[str, list[dict]] = {}
+    for rec in qa:
+        media = rec.get("image") or rec.get("video")
+        if media is not None:
+            groups.setdefault(media, []).append(rec)
+    pairs = [group[:2] for group in groups.values() if len(group) >= 2]
+    if split == "train":
+        pairs = [pair for pair in pairs if rng.random() < FOLLOW_UP_SHARE]
+        used = {id(rec) for pair in pairs for rec in pair}
+        qa = [rec for rec in qa if id(rec) not in used]
+    elif name not in FOLLOW_UP_HELD_OUT:
+        return qa, []
+    return qa, [_follow_up(f"{name}-followup-{split}-{i:05d}", *pair) for i, pair in enumerate(pairs)]
+
+
+def _follow_up(record_id: str, first: dict, second: dict) -> dict:
+    """``first``'s conversation, then ``second``'s question (its media placeholder line dropped) and answer."""
+    (question, answer) = second["conversations"]
+    plain = question["value"].split("\n", 1)[-1] if question["value"].startswith("<") else question["value"]
+    rec = {k: v for k, v in first.items() if k not in ("id", "conversations")}
+    return {"id": record_id, **rec, "conversations": [*first["conversations"], {"from": "human", "value": plain}, answer]}
 
 
 # -- READMEs ----------------------------------------------------------------------------------------------
@@ -301,7 +337,9 @@ manifest, and the multi-task mix that trains the starter assistant: `mix_train.j
 captions (as "Describe this image." / "Describe this video." -> caption), the visual questions,
 the sentiment questions and the plain chat. Media paths are relative to this folder. Records are
 shuffled with seed {MIX_SEED}; the chat records are repeated {MIX_CHAT_REPEAT} times in the training
-mix only.{" This is a **small** build (for tests)." if small else ""}
+mix only. Follow-ups (`*-followup-*`): two questions about one picture or clip in one conversation,
+the second in a later turn; they replace the two single questions for {FOLLOW_UP_SHARE:.0%} of the
+training media, and are added for every {" and ".join(FOLLOW_UP_HELD_OUT)} item of validation and test.{" This is a **small** build (for tests)." if small else ""}
 
 {per_source}
 

@@ -2,14 +2,15 @@
 the package, so that a fresh machine has an assistant that really works.
 
 - images and videos: a small timm ResNet (``test_resnet``, 0.4 M parameters) trained from scratch,
-  one for pictures and one for video frames;
+  one for pictures and one for video frames, both starting from a backbone pretrained here on the
+  training split's shape and digit labels (stage one, :mod:`core.starter.backbone`);
 - text: the pretrained all-MiniLM-L6-v2 (frozen, referenced rather than copied), which reads every
   user turn (``task.encode_user_text``) beside the decoder;
 - a 3-layer Llama-style decoder (hidden size 192) with a byte-level BPE tokenizer trained on the training mix;
 - the fusion module between them (MLP projectors, modality and temporal embeddings).
 
 It is trained with :func:`core.finetune` itself, as one multi-task chat run over the bundled mix
-(captions, visual questions, digits, motion, sentiment, plain chat)::
+(captions, visual questions and follow-ups, digits, motion, sentiment, plain chat)::
 
     from core import starter
     starter.train(Path("runs/starter"))        # or: mmassist train-starter
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from core.config import FusionConfig
 from core.errors import MMAssistError
+from core.starter import backbone
 
 if TYPE_CHECKING:
     from core.finetune import FinetuneResult
@@ -41,6 +43,8 @@ RECIPE = PACKAGE_DIR / "recipe.yaml"
 # offers them as examples and the tests check them. examples.json: id, task, question, answer, file.
 EXAMPLES_DIR = PACKAGE_DIR / "examples"
 TOKENIZER_VOCAB = 2048
+# Stage one: steps of supervised pretraining of the image backbone (about 2 minutes on 2 CPU cores).
+BACKBONE_STEPS = 1500
 
 # Held-out figures are reported per task; a record's task is read from its id.
 TASKS = {
@@ -51,6 +55,7 @@ TASKS = {
     "motion_other": "motion: other questions and captions (exact match)",
     "sentiment": "SST-2 sentiment through chat (accuracy)",
     "chat": "plain chat (exact match)",
+    "follow_up": "a second question about the same shape scene or clip, one turn later (accuracy)",
 }
 TARGETS = {"shapes_caption": 0.90, "shapes_qa": 0.90, "digits": 0.95, "motion": 0.90, "sentiment": 0.82}
 
@@ -68,11 +73,17 @@ def model_path() -> Path:
     return MODEL_DIR
 
 
-def recipe(data_root: str | Path | None = None, tokenizer_dir: str | Path | None = None) -> FusionConfig:
+def recipe(data_root: str | Path | None = None, tokenizer_dir: str | Path | None = None,
+           backbone: str | Path | None = None) -> FusionConfig:
     """The starter's training config (``recipe.yaml``), with the data under ``data_root`` (default:
-    the bundled-data cache) and the decoder's tokenizer from ``tokenizer_dir``."""
+    the bundled-data cache), the decoder's tokenizer from ``tokenizer_dir`` and the image and video
+    backbones starting from the stage-one weights ``backbone`` (:mod:`core.starter.backbone`)."""
     cfg = FusionConfig.from_file(RECIPE)
     changes = {}
+    if backbone is not None:
+        weights = str(Path(backbone).resolve())
+        changes.update({"encoders.image.config.checkpoint_path": weights,
+                        "encoders.video.config.backbone.checkpoint_path": weights})
     if data_root is not None:
         root = Path(data_root).resolve()
         changes.update({f"data.{s}": str(root / f"mix_{s}.jsonl") for s in ("train", "validation", "test")})
@@ -102,8 +113,10 @@ def train_tokenizer(mix_file: Path, out: Path, vocab_size: int = TOKENIZER_VOCAB
 
 def train(out: str | Path, *, data_root: str | Path | None = None, install: bool = False,
           callbacks=(), small: bool = False, **overrides) -> "FinetuneResult":
-    """Rebuild the starter from scratch: build the bundled data, train the tokenizer, run
-    :func:`core.finetune` on the recipe, and (``install=True``) copy the result over :data:`MODEL_DIR`.
+    """Rebuild the starter from scratch: build the bundled data, train the tokenizer, pretrain the image
+    backbone on the training split's labels (stage one, :mod:`core.starter.backbone`), run
+    :func:`core.finetune` on the recipe (stage two), and (``install=True``) copy the result over
+    :data:`MODEL_DIR`.
 
     :param out: the run folder; the trained model is ``out/model``.
     :param small: train on the small builds of the bundled data (for tests).
@@ -117,10 +130,16 @@ def train(out: str | Path, *, data_root: str | Path | None = None, install: bool
     out.mkdir(parents=True, exist_ok=True)
     root = bundled.build_all(Path(data_root) if data_root is not None else bundled.default_root(), small=small)
     tok_dir = train_tokenizer(root / "mix_train.jsonl", out / "tokenizer")
-    cfg = recipe(root, tok_dir)
     start = time.time()
+    weights = out / "backbone" / backbone.WEIGHTS
+    if not weights.is_file():  # a resumed run keeps its stage one
+        image_config = dict(FusionConfig.from_file(RECIPE).encoders["image"].config)
+        backbone.pretrain_backbone(image_config, root, weights.parent, steps=2 if small else BACKBONE_STEPS)
+    stage_one = time.time() - start
+    cfg = recipe(root, tok_dir, weights)
     result = finetune(cfg, output_dir=out / "model", callbacks=callbacks, **overrides)
-    (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start}), encoding="utf-8")
+    (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start, "backbone_seconds": stage_one}),
+                                         encoding="utf-8")
     if install:
         install_model(result.output_dir)
         pick_examples(MODEL_DIR, data_root=root, small=small)
@@ -132,12 +151,16 @@ MODEL_FILES = ("config.json", "model.safetensors", "manifest.json", "tokenizer.j
 
 
 def install_model(run_dir: str | Path, target: Path = MODEL_DIR) -> Path:
-    """Copy a trained model's files (not its checkpoints or logs) into ``target``."""
+    """Copy a trained model's files (not its checkpoints or logs) into ``target``. The config no longer
+    names the stage-one backbone weights: the trained backbones are in ``model.safetensors``."""
     run_dir = Path(run_dir)
     tmp = _fresh_folder(target)
     for name in MODEL_FILES:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, tmp / name)
+    cfg = FusionConfig.from_file(tmp / "config.json").override(**{
+        "encoders.image.config.checkpoint_path": None, "encoders.video.config.backbone.checkpoint_path": None})
+    (tmp / "config.json").write_text(cfg.to_json(), encoding="utf-8")
     return _replace_folder(tmp, target)
 
 
@@ -214,6 +237,8 @@ def _without_placeholders(question: str) -> str:
 def task_of(record_id: str, question: str) -> str:
     """The reporting task of a mix record, from its id (``shapes-caption-test-00001``...)."""
     source = record_id.split("-", 1)[0]
+    if "-followup-" in record_id:
+        return "follow_up"
     if "-caption-" in record_id:
         return "motion_other" if source == "motion" else f"{source}_caption" if source == "shapes" else source
     if source == "shapes":

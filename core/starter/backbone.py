@@ -1,0 +1,150 @@
+"""Stage one of the starter recipe: the small timm ResNet learns to see before it learns to talk.
+
+Trained only through the decoder, the ResNet learnt colours, sizes and places but not which shape is
+which: in the second starter's captions circle, square and triangle were right at about chance (202
+of 480 shapes). A shape's kind is one word in thirty of a caption, and until the features tell shapes
+apart the decoder has no use for them, so they get little gradient. LLaVA starts from a pretrained
+vision tower; with nothing to download here, the starter pretrains its own, supervised by the labels
+of the bundled *training* split: per cell of a shape scene's 3 x 3 grid which shape is there (or
+none), its colour and its size, and per digit page its digit. The chat run then starts its image and
+video backbones from these weights (``checkpoint_path``) and goes on training them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from core.bundled.common import read_jsonl
+from core.bundled.shapes import COLOURS, KINDS, SIZES
+
+WEIGHTS = "backbone.safetensors"
+REPORT = "backbone.json"
+CELLS = 9
+# Per cell: kind (or none), colour (or none), size (or none).
+HEADS = {"kind": len(KINDS) + 1, "colour": len(COLOURS) + 1, "size": len(SIZES) + 1}
+
+
+def _shape_targets(scene: dict) -> dict[str, list[int]]:
+    out = {name: [0] * CELLS for name in HEADS}
+    for s in scene["shapes"]:
+        cell = s["row"] * 3 + s["col"]
+        out["kind"][cell] = 1 + KINDS.index(s["kind"])
+        out["colour"][cell] = 1 + list(COLOURS).index(s["colour"])
+        out["size"][cell] = 1 + SIZES.index(s["size"])
+    return out
+
+
+def _load(encoder, root: Path, split: str) -> dict[str, torch.Tensor]:
+    """Pixels (through the encoder's own preprocessing) and labels of one split."""
+    from PIL import Image
+
+    scenes = [r for r in read_jsonl(root / "shapes" / "scenes.jsonl") if r["split"] == split]
+    digits = read_jsonl(root / "digits" / f"captions_{split}.jsonl")
+
+    def pixels(folder: Path, files: list[str]) -> torch.Tensor:
+        out = []
+        for start in range(0, len(files), 256):
+            images = []
+            for f in files[start:start + 256]:
+                with Image.open(folder / f) as img:
+                    images.append(img.convert("RGB"))
+            out.append(encoder.pixels(images))
+        return torch.cat(out)
+
+    targets = [_shape_targets(s) for s in scenes]
+    return {
+        "shapes": pixels(root / "shapes", [s["file"] for s in scenes]),
+        **{name: torch.tensor([t[name] for t in targets]) for name in HEADS},
+        "digits": pixels(root / "digits", [d["file"] for d in digits]),
+        "digit": torch.tensor([int(d["caption"].split()[-1]) for d in digits]),
+    }
+
+
+class _Heads(torch.nn.Module):
+    """Linear read-outs over all of a picture's tokens (so each cell may look anywhere)."""
+
+    def __init__(self, tokens: int, dim: int):
+        super().__init__()
+        self.cells = torch.nn.Linear(tokens * dim, CELLS * sum(HEADS.values()))
+        self.digit = torch.nn.Linear(tokens * dim, 10)
+
+    def shapes(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.cells(feats.flatten(1)).view(len(feats), CELLS, -1)
+        return dict(zip(HEADS, out.split(list(HEADS.values()), dim=-1)))
+
+
+def pretrain_backbone(image_config: dict, data_root: str | Path, out: str | Path, *, steps: int = 1500,
+                      batch_size: int = 32, digits_per_batch: int = 8, lr: float = 2e-3, seed: int = 0,
+                      progress: Callable[[int, int, float], None] | None = None) -> Path:
+    """Train the image backbone of ``image_config`` (an ``image/timm`` config) on the bundled training
+    split's shape-scene and digit labels; write ``out/backbone.safetensors`` (timm's own parameter
+    names, loadable as ``checkpoint_path``) and ``out/backbone.json`` (validation accuracies).
+
+    :param data_root: the built bundled data (:func:`core.bundled.build_all`).
+    :return: the weights file.
+    """
+    from safetensors.torch import save_file
+
+    from plugins.image import TimmImageConfig, TimmImageEncoder
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    root, out = Path(data_root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = TimmImageEncoder(TimmImageConfig(**{**image_config, "checkpoint_path": None, "pretrained": False}))
+    train, val = _load(encoder, root, "train"), _load(encoder, root, "validation")
+    with torch.no_grad():
+        tokens, dim = encoder.eval()(train["shapes"][:1]).features.shape[1:]
+    heads = _Heads(tokens, dim)
+    params = list(encoder.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    n_shapes, n_digits = len(train["shapes"]), len(train["digits"])
+    start = time.time()
+    encoder.train()
+    for step in range(1, steps + 1):
+        s_idx = torch.tensor(rng.sample(range(n_shapes), batch_size - digits_per_batch))
+        d_idx = torch.tensor(rng.sample(range(n_digits), digits_per_batch))
+        # One batch through the backbone, so BatchNorm's statistics mix both kinds of picture.
+        feats = encoder(torch.cat([train["shapes"][s_idx], train["digits"][d_idx]])).features
+        logits = heads.shapes(feats[: len(s_idx)])
+        loss = sum(torch.nn.functional.cross_entropy(logits[name].reshape(-1, HEADS[name]),
+                                                     train[name][s_idx].reshape(-1)) for name in HEADS)
+        loss = loss + torch.nn.functional.cross_entropy(heads.digit(feats[len(s_idx):].flatten(1)),
+                                                        train["digit"][d_idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None:
+            progress(step, steps, loss.item())
+    report = {"steps": steps, "seconds": round(time.time() - start, 1), **_accuracy(encoder.eval(), heads, val)}
+    save_file({k: v.contiguous() for k, v in encoder.backbone.state_dict().items()}, str(out / WEIGHTS),
+              metadata={"format": "pt"})
+    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return out / WEIGHTS
+
+
+@torch.no_grad()
+def _accuracy(encoder, heads: _Heads, data: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Validation accuracy of each read-out: per occupied cell for the shape heads."""
+    out = {}
+    logits = {name: [] for name in HEADS}
+    digit = []
+    for start in range(0, len(data["shapes"]), 256):
+        for name, value in heads.shapes(encoder(data["shapes"][start:start + 256]).features).items():
+            logits[name].append(value)
+    for start in range(0, len(data["digits"]), 256):
+        digit.append(heads.digit(encoder(data["digits"][start:start + 256]).features.flatten(1)))
+    occupied = data["kind"] > 0
+    for name in HEADS:
+        pred = torch.cat(logits[name]).argmax(-1)
+        out[f"shape_{name}"] = round(float((pred == data[name])[occupied].float().mean()), 4)
+    out["digit"] = round(float((torch.cat(digit).argmax(-1) == data["digit"]).float().mean()), 4)
+    return out
