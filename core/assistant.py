@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from core.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from core.checkpoint import load_weights, read_checkpoint, save_checkpoint, without_initial_weights
 from core.config import FusionConfig, GenerationConfig
 from core.errors import ConfigError, UnsupportedInputError
 from core.generate import cut_at_stop, generate_ids, held_back
@@ -105,7 +105,8 @@ class Assistant:
             path = starter.model_path()
         path = Path(path)
         host = host or Host()
-        cfg, _ = read_checkpoint(path, host)
+        cfg, manifest = read_checkpoint(path, host)
+        cfg = without_initial_weights(cfg, manifest)
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = MultimodalModel(cfg, host, tokenizer)

@@ -138,6 +138,29 @@ def read_checkpoint(path: str | Path, host: Host) -> tuple[FusionConfig, dict[st
     return cfg, man
 
 
+# Encoder config keys that only say where an encoder's first weights come from (the timm plugins' local
+# weights file and pretrained flag), with the values that build it without them.
+INITIAL_WEIGHT_KEYS = {"checkpoint_path": None, "pretrained": False}
+
+
+def without_initial_weights(cfg: FusionConfig, manifest: dict[str, Any]) -> FusionConfig:
+    """``cfg`` with :data:`INITIAL_WEIGHT_KEYS` reset in every encoder whose weights are all in the
+    checkpoint (not referenced in ``manifest``): a model fine-tuned from a local weights file then loads
+    where that file is not, and its weights come from ``model.safetensors`` alone, as before."""
+    import dataclasses
+
+    referenced = manifest.get("referenced", {})
+
+    def reset(value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {k: INITIAL_WEIGHT_KEYS[k] if k in INITIAL_WEIGHT_KEYS else reset(v) for k, v in value.items()}
+
+    encoders = {m: enc if f"encoders.{m}." in referenced else dataclasses.replace(enc, config=reset(enc.config))
+                for m, enc in cfg.encoders.items()}
+    return dataclasses.replace(cfg, encoders=encoders)
+
+
 def load_weights(model, path: str | Path) -> None:
     """Load model.safetensors strictly: exactly the tensors :func:`trained_state` would save."""
     from safetensors.torch import load_file

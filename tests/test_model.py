@@ -92,6 +92,29 @@ def test_manifest_records_plugins_and_a_missing_plugin_names_the_distribution(ho
         core.Assistant.from_pretrained(out, host=host)
 
 
+def test_a_model_fine_tuned_from_a_local_weights_file_loads_without_that_file(host, images, tmp_path):
+    """A trained encoder's weights are all in model.safetensors, so the file it started from is not needed
+    to load it; a frozen one is referenced instead, and loading says that the file is gone."""
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "start.safetensors"
+    torch.manual_seed(1)
+    save_file(timm.create_model("test_resnet", num_classes=0).state_dict(), str(weights))
+    saved = {}
+    for freeze in (False, True):
+        image = {**IMAGE, "freeze": freeze, "config": {**IMAGE["config"], "checkpoint_path": str(weights)}}
+        asst = build(tiny_cfg(encoders={"image": image}), host)
+        saved[freeze] = asst.save_pretrained(tmp_path / f"ckpt-{freeze}"), asst.chat("What is it?", images=images[:1])
+    weights.unlink()
+    out, answer = saved[False]
+    loaded = core.Assistant.from_pretrained(out, host=host)
+    assert loaded.chat("What is it?", images=images[:1]) == answer
+    assert loaded.cfg.encoders["image"].config["checkpoint_path"] is None
+    with pytest.raises(core.ConfigError, match="checkpoint_path.*does not exist"):
+        core.Assistant.from_pretrained(saved[True][0], host=host)
+
+
 def test_weight_loading_is_strict(host, tmp_path):
     from safetensors.torch import load_file, save_file
 
