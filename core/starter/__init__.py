@@ -133,7 +133,8 @@ def train(out: str | Path, *, data_root: str | Path | None = None, install: bool
     start = time.time()
     weights = out / "backbone" / backbone.WEIGHTS
     if not weights.is_file():  # a resumed run keeps its stage one
-        image_config = dict(FusionConfig.from_file(RECIPE).encoders["image"].config)
+        # The image backbone as the run will build it (an override of it applies to stage one too).
+        image_config = dict(recipe(root, tok_dir).override(**overrides).encoders["image"].config)
         backbone.pretrain_backbone(image_config, root, weights.parent, steps=2 if small else BACKBONE_STEPS)
     stage_one = time.time() - start
     cfg = recipe(root, tok_dir, weights)
