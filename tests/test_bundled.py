@@ -428,8 +428,7 @@ def test_follow_ups_ask_about_the_same_media_a_turn_later(root):
             assert len(follow_ups) == sum(SMALL[split] for _ in bundled.FOLLOW_UP_HELD_OUT)
             assert len(kept) == len(singles[split])
         examples = load_examples(root / f"mix_{split}.jsonl", CHAT, DataConfig())
-        loaded = [e for e in examples if e.source.endswith(tuple(f":{i}" for i, r in enumerate(mix, 1)
-                                                                   if "-followup-" in r["id"]))]
+        loaded = [e for e, r in zip(examples, mix, strict=True) if "-followup-" in r["id"]]
         assert len(loaded) == len(follow_ups)
         assert all([m["role"] for m in e.messages] == ["user", "assistant"] * 2 and len(e.media) == 1
                    for e in loaded)

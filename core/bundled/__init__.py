@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from core.bundled import chat, digits, motion, sentiment, shapes
-from core.bundled.common import SPLITS, Built, llava_record, read_jsonl, write_json, write_jsonl
+from core.bundled.common import SPLITS, Built, llava_record, plain_question, read_jsonl, write_json, write_jsonl
 from core.errors import DataFormatError, UnknownNameError
 
 # Bump whenever any builder's output changes: it names the default cache folder, and a built folder
@@ -277,9 +277,9 @@ def _with_follow_ups(name: str, split: str, qa: list[dict], rng: random.Random) 
 def _follow_up(record_id: str, first: dict, second: dict) -> dict:
     """``first``'s conversation, then ``second``'s question (its media placeholder line dropped) and answer."""
     (question, answer) = second["conversations"]
-    plain = question["value"].split("\n", 1)[-1] if question["value"].startswith("<") else question["value"]
     rec = {k: v for k, v in first.items() if k not in ("id", "conversations")}
-    return {"id": record_id, **rec, "conversations": [*first["conversations"], {"from": "human", "value": plain}, answer]}
+    return {"id": record_id, **rec, "conversations": [*first["conversations"],
+                                                      {"from": "human", "value": plain_question(question["value"])}, answer]}
 
 
 # -- READMEs ----------------------------------------------------------------------------------------------

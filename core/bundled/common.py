@@ -44,6 +44,11 @@ def llava_record(record_id: str, question: str, answer: str, media: Mapping[str,
     return rec
 
 
+def plain_question(question: str) -> str:
+    """A record's question as a user types it: the ``<image>``/``<video>`` line before it dropped."""
+    return question.split("\n", 1)[-1] if question.startswith("<") else question
+
+
 def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> int:
     """Write one JSON object per line (UTF-8, ``\\n`` line ends); return how many."""
     n = 0

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from core.bundled.common import plain_question
+from core.checkpoint import without_initial_weights
 from core.config import FusionConfig
 from core.errors import MMAssistError
 from core.starter import backbone
@@ -132,12 +134,12 @@ def train(out: str | Path, *, data_root: str | Path | None = None, install: bool
     tok_dir = train_tokenizer(root / "mix_train.jsonl", out / "tokenizer")
     start = time.time()
     weights = out / "backbone" / backbone.WEIGHTS
+    cfg = recipe(root, tok_dir, weights)
     if not weights.is_file():  # a resumed run keeps its stage one
         # The image backbone as the run will build it (an override of it applies to stage one too).
-        image_config = dict(recipe(root, tok_dir).override(**overrides).encoders["image"].config)
+        image_config = dict(cfg.override(**overrides).encoders["image"].config)
         backbone.pretrain_backbone(image_config, root, weights.parent, steps=2 if small else BACKBONE_STEPS)
     stage_one = time.time() - start
-    cfg = recipe(root, tok_dir, weights)
     result = finetune(cfg, output_dir=out / "model", callbacks=callbacks, **overrides)
     (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start, "backbone_seconds": stage_one}),
                                          encoding="utf-8")
@@ -159,9 +161,9 @@ def install_model(run_dir: str | Path, target: Path = MODEL_DIR) -> Path:
     for name in MODEL_FILES:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, tmp / name)
-    cfg = FusionConfig.from_file(tmp / "config.json").override(**{
-        "encoders.image.config.checkpoint_path": None, "encoders.video.config.backbone.checkpoint_path": None})
-    (tmp / "config.json").write_text(cfg.to_json(), encoding="utf-8")
+    manifest = json.loads((tmp / "manifest.json").read_text(encoding="utf-8"))
+    cfg = without_initial_weights(FusionConfig.from_file(tmp / "config.json"), manifest)
+    (tmp / "config.json").write_text(cfg.to_json(), encoding="utf-8")  # no path of the machine that trained it
     return _replace_folder(tmp, target)
 
 
@@ -205,7 +207,7 @@ def pick_examples(model: str | Path = NAME, target: Path = EXAMPLES_DIR, *, data
         for line in f:
             rec = json.loads(line)
             question, reference = (turn["value"] for turn in rec["conversations"][:2])
-            plain = _without_placeholders(question)
+            plain = plain_question(question)
             task = task_of(rec["id"], plain)
             if want.get(task, 0) <= 0 or tried.get(task, 0) >= tries:
                 continue
@@ -228,11 +230,6 @@ def pick_examples(model: str | Path = NAME, target: Path = EXAMPLES_DIR, *, data
 
 
 # -- evaluation -----------------------------------------------------------------------------------
-
-
-def _without_placeholders(question: str) -> str:
-    """A mix record's question as a user types it: the ``<image>``/``<video>`` line before it dropped."""
-    return question.split("\n", 1)[-1] if question.startswith("<") else question
 
 
 def task_of(record_id: str, question: str) -> str:
@@ -292,7 +289,7 @@ def evaluate(model: str | Path = NAME, *, split: str = "test", data_root: str | 
         answers = assistant._generate_batch(prompts, gen)
         for ex, rid, answer in zip(chunk, ids[start:start + batch_size], answers):
             question = next(m["content"] for m in ex.messages if m["role"] == "user")
-            question = _without_placeholders(question)
+            question = plain_question(question)
             task = task_of(rid, question)
             reference = next(m["content"] for m in reversed(ex.messages) if m["role"] == "assistant")
             s = scores.setdefault(task, TaskScore(task, 0, 0))

@@ -1,7 +1,7 @@
 """Stage one of the starter recipe: the small timm ResNet learns to see before it learns to talk.
 
 Trained only through the decoder, the ResNet learnt colours, sizes and places but not which shape is
-which: in the second starter's captions circle, square and triangle were right at about chance (202
+which: in the second starter's captions circle, square and triangle were right at about chance (200
 of 480 shapes). A shape's kind is one word in thirty of a caption, and until the features tell shapes
 apart the decoder has no use for them, so they get little gradient. LLaVA starts from a pretrained
 vision tower; with nothing to download here, the starter pretrains its own, supervised by the labels
