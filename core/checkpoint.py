@@ -84,8 +84,9 @@ def save_checkpoint(model, tokenizer, cfg: FusionConfig, path: str | Path, host:
             write_more(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest(model, cfg, host, extra), indent=2), encoding="utf-8")
         _fsync_dir(tmp)
+        recover_checkpoint(path)
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = _set_aside(path)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             try:
@@ -99,6 +100,25 @@ def save_checkpoint(model, tokenizer, cfg: FusionConfig, path: str | Path, host:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _set_aside(path: Path) -> Path:
+    """Where :func:`save_checkpoint` moves the previous checkpoint while it renames the new one in."""
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_checkpoint(path: str | Path) -> bool:
+    """Put back a checkpoint left set aside by a process killed between :func:`save_checkpoint`'s two
+    renames (``path`` gone, the previous checkpoint complete at ``.<name>.old``).
+
+    :return: whether it was put back.
+    """
+    path = Path(path)
+    old = _set_aside(path)
+    if path.exists() or not ((old / CONFIG).is_file() and (old / MANIFEST).is_file() and (old / WEIGHTS).is_file()):
+        return False
+    os.replace(old, path)
+    return True
 
 
 def manifest(model, cfg: FusionConfig, host: Host, extra: dict | None = None) -> dict[str, Any]:
@@ -122,6 +142,7 @@ def manifest(model, cfg: FusionConfig, host: Host, extra: dict | None = None) ->
 def read_checkpoint(path: str | Path, host: Host) -> tuple[FusionConfig, dict[str, Any]]:
     """The config and manifest of a checkpoint, after checking that every plugin it needs is here."""
     path = Path(path)
+    recover_checkpoint(path)
     if not (path / CONFIG).is_file() or not (path / MANIFEST).is_file():
         raise ConfigError(f"{path} is not a mmassist checkpoint (it needs {CONFIG} and {MANIFEST})")
     man = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
@@ -165,6 +186,7 @@ def load_weights(model, path: str | Path) -> None:
     """Load model.safetensors strictly: exactly the tensors :func:`trained_state` would save."""
     from safetensors.torch import load_file
 
+    recover_checkpoint(path)
     state = load_file(str(Path(path) / WEIGHTS))
     expected = trained_state(model)
     missing = sorted(set(expected) - set(state))

@@ -98,6 +98,35 @@ def test_a_failure_while_swapping_folders_leaves_the_previous_checkpoint_loadabl
     assert leftovers(saved) == []
 
 
+def test_a_kill_between_the_two_renames_loses_no_checkpoint(saved, host, monkeypatch):
+    """SIGKILL after the previous checkpoint was moved aside and before the new one was renamed in:
+    only ``.model.old`` is left. Loading puts it back; the next save replaces it as usual."""
+    before = weights(core.Assistant.from_pretrained(saved, host=host))
+    torch.manual_seed(3)
+    newer = core.Assistant.from_config(tiny_config(), host=host)
+    real_replace = os.replace
+
+    class Killed(BaseException):  # not caught by save_checkpoint's clean-up, like a kill
+        pass
+
+    def killed_after_first(src, dst):
+        real_replace(src, dst)
+        if Path(dst).name == ".model.old":
+            raise Killed
+
+    monkeypatch.setattr(os, "replace", killed_after_first)
+    monkeypatch.setattr(core.checkpoint.shutil, "rmtree", lambda *a, **k: None)  # a kill cleans nothing up
+    with pytest.raises(Killed):
+        newer.save_pretrained(saved)
+    monkeypatch.undo()
+    assert not saved.exists() and (saved.parent / ".model.old" / "model.safetensors").is_file()
+    assert_same_weights(weights(core.Assistant.from_pretrained(saved, host=host)), before)
+    assert saved.is_dir() and ".model.old" not in leftovers(saved)
+    newer.save_pretrained(saved)
+    assert_same_weights(weights(core.Assistant.from_pretrained(saved, host=host)), weights(newer))
+    assert ".model.old" not in leftovers(saved)
+
+
 def test_a_failed_first_write_leaves_no_folder_that_looks_like_a_checkpoint(host, tmp_path, monkeypatch):
     asst = core.Assistant.from_config(tiny_config(), host=host)
 
