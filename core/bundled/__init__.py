@@ -345,8 +345,8 @@ shuffled with seed {MIX_SEED}; the chat records are repeated {MIX_CHAT_REPEAT} t
 mix only. Follow-ups (`*-followup-*`): two questions about one picture or clip in one conversation,
 the second in a later turn; they replace the two single questions for {FOLLOW_UP_SHARE:.0%} of the
 training media, and are added for every {" and ".join(FOLLOW_UP_HELD_OUT)} item of validation and test.
-Drills (`shapes-drill-*`, training only): up to {shapes.DRILL_QUESTIONS} questions about one shape picture in one
-conversation.{" This is a **small** build (for tests)." if small else ""}
+Drills (`shapes-drill-*`, training only): up to {shapes.DRILL_QUESTIONS} more questions about each training shape
+picture, {shapes.DRILL_TURNS} to a conversation.{" This is a **small** build (for tests)." if small else ""}
 
 {per_source}
 

@@ -21,12 +21,13 @@ SEED = 1
 IMAGE_SIZE = 64
 COUNTS = (2400, 300, 300)
 QUESTIONS_PER_IMAGE = 2
-# Each training picture also has one drill: a conversation of up to DRILL_QUESTIONS questions of every
-# kind the picture answers (the picture shown in the first turn). With two single questions per picture
-# a model learned every attribute (its captions were right) but not which shape has which colour, size
-# or cell. The drills use their own random stream, so the pictures and the held-out questions do not
-# depend on them.
+# Each training picture also has drills: up to DRILL_QUESTIONS more questions, of every kind the picture
+# answers, asked DRILL_TURNS to a conversation (the picture shown in its first turn). With two single
+# questions per picture a model learned every attribute (its captions were right) but not which shape
+# has which colour, size or cell. Short conversations: every batch is padded to its longest record.
+# The drills use their own random stream, so the pictures and the held-out questions do not depend on them.
 DRILL_QUESTIONS = 6
+DRILL_TURNS = 3
 DRILL_SEED = 2
 BACKGROUND = (24, 24, 24)
 KINDS = ("circle", "square", "triangle")
@@ -313,7 +314,9 @@ def build(out: Path, *, small: bool = False) -> Built:
             for j, (q, a) in enumerate(questions(scene, rng)):
                 qas.append(llava_record(f"shapes-{i:05d}-{j}", q, a, {"image": file}))
             if split == "train":
-                drills.append(drill_record(f"shapes-drill-{i:05d}", drill(scene, drill_rng), file))
+                asked = drill(scene, drill_rng)
+                for j in range(0, len(asked), DRILL_TURNS):
+                    drills.append(drill_record(f"shapes-drill-{i:05d}-{j // DRILL_TURNS}", asked[j: j + DRILL_TURNS], file))
         start += sizes[split]
         write_jsonl(out / f"captions_{split}.jsonl", caps)
         write_jsonl(out / f"qa_{split}.jsonl", qas)
@@ -332,8 +335,8 @@ def build(out: Path, *, small: bool = False) -> Built:
             "bottom right\". Each picture has two questions of different kinds (count, colour of a shape, "
             "size, shape in a cell, is there a ..., where is ...) with one-word canonical answers; "
             "a question is asked only when the picture answers it uniquely. Each training picture also has "
-            f"a drill: one conversation of up to {DRILL_QUESTIONS} such questions, every kind the picture answers "
-            "first. No two pictures share a "
+            f"drills: up to {DRILL_QUESTIONS} more such questions, every kind the picture answers first, asked "
+            f"{DRILL_TURNS} to a conversation. No two pictures share a "
             "caption, so the splits share no scene."
         ),
         seed=SEED,
@@ -343,6 +346,6 @@ def build(out: Path, *, small: bool = False) -> Built:
             "scenes.jsonl": "per picture: file, split and each shape's kind, colour, size, grid row/col and box",
             "captions_{split}.jsonl": "{\"file\", \"caption\"} per picture",
             "qa_{split}.jsonl": "LLaVA records, one question and answer each",
-            "drills_train.jsonl": "LLaVA records, one per training picture: several questions in turn",
+            "drills_train.jsonl": f"LLaVA records, training pictures only: up to {DRILL_TURNS} questions in turn",
         },
     )
