@@ -32,7 +32,7 @@ from core.errors import DataFormatError, UnknownNameError
 
 # Bump whenever any builder's output changes: it names the default cache folder, and a built folder
 # of another version is rebuilt.
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "2"
 URI_PREFIX = "bundled:"
 ENV_DATA_DIR = "MMASSIST_DATA_DIR"
 MIX_SEED = 6
@@ -244,11 +244,6 @@ def _build_mix(root: Path, small: bool) -> None:
             if follow_ups:
                 per_source[f"{name}_follow_ups"] = len(follow_ups)
             taken += qa * repeat + follow_ups
-            drills = folder / f"drills_{split}.jsonl"  # several questions about one picture: see shapes.py
-            if drills.is_file():
-                more = [{**rec, "image": f"{name}/{rec['image']}"} for rec in read_jsonl(drills)]
-                per_source[f"{name}_drills"] = len(more)
-                taken += more
             records += taken
         rng.shuffle(records)
         tmp = root / f".mix_{split}.jsonl.{os.getpid()}.tmp"
@@ -344,9 +339,7 @@ the sentiment questions and the plain chat. Media paths are relative to this fol
 shuffled with seed {MIX_SEED}; the chat records are repeated {MIX_CHAT_REPEAT} times in the training
 mix only. Follow-ups (`*-followup-*`): two questions about one picture or clip in one conversation,
 the second in a later turn; they replace the two single questions for {FOLLOW_UP_SHARE:.0%} of the
-training media, and are added for every {" and ".join(FOLLOW_UP_HELD_OUT)} item of validation and test.
-Drills (`shapes-drill-*`, training only): up to {shapes.DRILL_QUESTIONS} more questions about each training shape
-picture, {shapes.DRILL_TURNS} to a conversation.{" This is a **small** build (for tests)." if small else ""}
+training media, and are added for every {" and ".join(FOLLOW_UP_HELD_OUT)} item of validation and test.{" This is a **small** build (for tests)." if small else ""}
 
 {per_source}
 
