@@ -186,7 +186,6 @@ def load_weights(model, path: str | Path) -> None:
     """Load model.safetensors strictly: exactly the tensors :func:`trained_state` would save."""
     from safetensors.torch import load_file
 
-    recover_checkpoint(path)
     state = load_file(str(Path(path) / WEIGHTS))
     expected = trained_state(model)
     missing = sorted(set(expected) - set(state))

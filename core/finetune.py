@@ -36,7 +36,7 @@ from torch import nn
 
 from core.assistant import Assistant, autocast, resolve_dtype
 from core.callbacks import TrainerCallback, TrainerControl, TrainerState
-from core.checkpoint import load_weights, read_checkpoint, save_checkpoint, trained_state
+from core.checkpoint import load_weights, read_checkpoint, recover_checkpoint, save_checkpoint, trained_state
 from core.config import FusionConfig
 from core.data import Example, load_splits
 from core.errors import ConfigError, DataFormatError, MMAssistError
@@ -418,6 +418,7 @@ class _Run:
 
     def finish(self) -> FinetuneResult:
         best = self.out / "best"
+        recover_checkpoint(best)  # a kill while "best" was being replaced, before this run was resumed
         if best.is_dir() and self.state.best_step != self.state.step:
             load_best(self.model, best, sharded=self.dist.world > 1 and self.cfg.training.strategy == "fsdp")
         metrics: dict[str, Any] = {"train_loss": self.state.loss, "steps": self.state.step,
