@@ -194,6 +194,28 @@ def test_resume_continues_exactly_where_the_run_stopped(classify_file, host, tmp
     assert resumed.metrics["steps"] == full.metrics["steps"]
 
 
+def test_the_run_ends_on_its_best_weights_even_if_best_was_left_set_aside(classify_file, host, tmp_path):
+    """A kill while ``best`` was being replaced leaves only ``.best.old``; the end of the run (here, of a
+    resumed one) puts it back and publishes the best step's weights, not the last step's."""
+    run = tmp_path / "run"
+
+    class SetBestAside(TrainerCallback):  # the folders as a kill between save_checkpoint's renames leaves them
+        def on_step_end(self, state, control):
+            if state.step == 12:
+                (run / "best").rename(run / ".best.old")
+
+    torch.manual_seed(0)
+    res = core.finetune(classify_cfg(classify_file, eval_every=5), output_dir=run, host=host,
+                        callbacks=[SetBestAside()])
+    assert res.metrics["steps"] == 12 and res.metrics["best_step"] in (5, 10)
+    assert (run / "best").is_dir() and not (run / ".best.old").exists()
+    final = weights(core.Assistant.from_pretrained(run, host=host).model)
+    best = weights(core.Assistant.from_pretrained(run / "best", host=host).model)
+    assert all(torch.equal(final[n], best[n]) for n in final)
+    last = weights(core.Assistant.from_pretrained(run / "checkpoints" / "step-000012", host=host).model)
+    assert not all(torch.equal(final[n], last[n]) for n in final)
+
+
 def test_the_feature_cache_gives_the_same_losses(caption_dir, host, tmp_path):
     runs = {}
     for cache in (True, False):
