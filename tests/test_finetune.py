@@ -195,8 +195,9 @@ def test_resume_continues_exactly_where_the_run_stopped(classify_file, host, tmp
 
 
 def test_the_run_ends_on_its_best_weights_even_if_best_was_left_set_aside(classify_file, host, tmp_path):
-    """A kill while ``best`` was being replaced leaves only ``.best.old``; the end of the run (here, of a
-    resumed one) puts it back and publishes the best step's weights, not the last step's."""
+    """A kill while ``best`` was being replaced leaves only ``.best.old`` (a resumed run finds it so; here
+    a callback leaves it so at the last step); the end of the run puts it back and publishes the best
+    step's weights, not the last step's."""
     run = tmp_path / "run"
 
     class SetBestAside(TrainerCallback):  # the folders as a kill between save_checkpoint's renames leaves them
