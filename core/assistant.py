@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from core.checkpoint import load_weights, read_checkpoint, save_checkpoint, without_initial_weights
+from core.checkpoint import load_weights, model_folder, read_checkpoint, save_checkpoint, without_initial_weights
 from core.config import FusionConfig, GenerationConfig
 from core.errors import ConfigError, UnsupportedInputError
 from core.generate import cut_at_stop, generate_ids, held_back
@@ -99,11 +99,7 @@ class Assistant:
 
         from core.hf import quiet_transformers
 
-        if str(path) == "starter" and not Path(path).exists():
-            from core import starter
-
-            path = starter.model_path()
-        path = Path(path)
+        path = model_folder(path)
         host = host or Host()
         cfg, manifest = read_checkpoint(path, host)
         cfg = without_initial_weights(cfg, manifest)

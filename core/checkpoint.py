@@ -42,15 +42,23 @@ def referenced_prefixes(model) -> dict[str, str]:
     return out
 
 
-def trained_state(model) -> dict[str, torch.Tensor]:
+def _trained_tensors(model) -> list[tuple[str, torch.Tensor]]:
     """Every parameter and persistent buffer, once each (tied weights once), minus referenced parts."""
     skip = tuple(referenced_prefixes(model))
-    state = {}
+    out = []
     seen = set()
     for name, t in list(model.named_parameters()) + _persistent_buffers(model):
         if (name.startswith(skip) and "lora_" not in name) or id(t) in seen:
             continue
         seen.add(id(t))
+        out.append((name, t))
+    return out
+
+
+def trained_state(model) -> dict[str, torch.Tensor]:
+    """What ``model.safetensors`` holds: :func:`_trained_tensors`, gathered to the CPU."""
+    state = {}
+    for name, t in _trained_tensors(model):
         if hasattr(t, "full_tensor"):  # a DTensor shard under FSDP: gather it (a collective)
             t = t.full_tensor()
         state[name] = t.detach().contiguous().cpu()
@@ -205,6 +213,71 @@ def load_weights(model, path: str | Path) -> None:
                 raise ConfigError(f"{path}: {name} has shape {tuple(value.shape)}, the model expects "
                                   f"{tuple(target.shape)}")
             target.copy_(value)
+
+
+def model_folder(name_or_path: str | Path) -> Path:
+    """A model folder by path, or ``"starter"``: the starter installed with the package (unless a folder
+    of that name exists)."""
+    if str(name_or_path) == "starter" and not Path(name_or_path).exists():
+        from core import starter
+
+        return starter.model_path()
+    return Path(name_or_path)
+
+
+def _plain_name(name: str) -> str:
+    """A tensor's name as it is without LoRA: peft's wrapper adds ``base_model.model.`` and ``.base_layer``."""
+    return name.replace("base_model.model.", "", 1).replace(".base_layer.", ".")
+
+
+def load_initial_weights(model, path: str | Path, tokenizer=None) -> list[str]:
+    """Start a new fine-tune from a trained model's weights (``finetune(init_from=...)``).
+
+    Every tensor of the folder's ``model.safetensors`` must fit a tensor of ``model`` (same name, same
+    shape; under LoRA, the layer it wraps); parts of ``model`` the folder lacks (a new classification
+    head, a new modality's projector, LoRA adapters) keep their fresh initialisation.
+
+    :param tokenizer: the new run's tokenizer; it must have the folder's vocabulary, or the embedding
+        rows would mean other tokens.
+    :return: the names of the trained tensors of ``model`` that the folder did not have.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from core.hf import quiet_transformers
+
+    path = Path(path)
+    recover_checkpoint(path)
+    if not (path / WEIGHTS).is_file():
+        raise ConfigError(f"init_from: {path} is not a model folder (it has no {WEIGHTS}); give the folder of a "
+                          "fine-tuned model (a run folder, its best/ or checkpoints/step-N) or 'starter'")
+    if tokenizer is not None and (path / "tokenizer_config.json").is_file():
+        with quiet_transformers():
+            theirs = AutoTokenizer.from_pretrained(str(path))
+        if theirs.get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(f"init_from: {path} was trained with another tokenizer; set decoder.tokenizer to "
+                              f"{path} (and decoder.path or decoder.init as it had them) so the token ids mean "
+                              "the same")
+    state = load_file(str(path / WEIGHTS))
+    targets: dict[str, torch.Tensor] = {}
+    for name, t in list(model.named_parameters()) + _persistent_buffers(model):
+        if "lora_" not in name:
+            targets.setdefault(_plain_name(name), t)
+    unexpected = sorted(set(state) - set(targets))
+    if unexpected:
+        raise ConfigError(
+            f"init_from: {path} has weights this config's model lacks ({', '.join(unexpected[:5])}"
+            f"{'...' if len(unexpected) > 5 else ''}): fine-tune it with the same encoders, fusion and decoder "
+            "(its config.json), or merge its LoRA adapters first (Assistant.merged)")
+    for name, value in state.items():
+        if targets[name].shape != value.shape:
+            raise ConfigError(f"init_from: {path}: {name} has shape {tuple(value.shape)}, this config's model "
+                              f"has {tuple(targets[name].shape)}")
+    with torch.no_grad():
+        for name, value in state.items():
+            targets[name].copy_(value)
+    trained = {n if "lora_" in n else _plain_name(n) for n, _ in _trained_tensors(model)}
+    return sorted(trained - set(state))
 
 
 def _fsync_dir(folder: Path) -> None:

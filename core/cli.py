@@ -50,7 +50,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     overrides = dict(parse_assignment(a) for a in args.set)
     res = finetune(FusionConfig.from_file(args.config), output_dir=args.output_dir, callbacks=[ProgressPrinter()],
-                   resume_from=args.resume_from, **overrides)
+                   resume_from=args.resume_from, init_from=args.init_from, **overrides)
     if res.metrics and int(os.environ.get("RANK", "0")) == 0:
         summary = {k: v for k, v in res.metrics.items() if k not in ("validation", "test")}
         for split in ("validation", "test"):
@@ -143,14 +143,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def parse_assignment(text: str) -> tuple[str, object]:
     """``training.lr=1e-3`` -> ("training.lr", 0.001); values are read as YAML (numbers, lists, true)."""
-    import yaml
-
+    from core.configs import yaml_load
     from core.errors import ConfigError
 
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {text!r}: write it as section.key=value, e.g. training.lr=1e-3")
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), yaml_load(value)
 
 
 def format_per_class(per_class: dict[str, dict[str, float]]) -> str:
@@ -178,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="the config file (see examples/configs/)")
     p.add_argument("-o", "--output-dir", help="run folder (default: runs/<task>-<time>)")
     p.add_argument("--resume-from", help="a checkpoints/step-N folder of an interrupted run")
+    p.add_argument("--init-from", help="start from a trained model's weights: 'starter' or a model folder "
+                                       "(the config must build the same model; a new head may be added)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set training.lr=3e-4 (repeatable)")
     p.set_defaults(func=cmd_finetune)

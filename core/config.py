@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from core import configs
-from core.configs import check_choice, check_range, help_field
+from core.configs import check_choice, check_range, help_field, yaml_load
 from core.errors import ConfigError
 from fusion.config import FusionModuleConfig, check_modality_name
 
@@ -343,7 +343,7 @@ def load_yaml_or_json(text: str, path: Path) -> Any:
         except (ValueError, RecursionError) as e:  # a number of over 4300 digits, nesting too deep
             raise ConfigError(f"{path}: invalid JSON: {_parse_limit(e)}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -36,7 +36,8 @@ from torch import nn
 
 from core.assistant import Assistant, autocast, resolve_dtype
 from core.callbacks import TrainerCallback, TrainerControl, TrainerState
-from core.checkpoint import load_weights, read_checkpoint, recover_checkpoint, save_checkpoint, trained_state
+from core.checkpoint import (load_initial_weights, load_weights, model_folder, read_checkpoint, recover_checkpoint,
+                             save_checkpoint, trained_state)
 from core.config import FusionConfig
 from core.data import Example, load_splits
 from core.errors import ConfigError, DataFormatError, MMAssistError
@@ -226,7 +227,7 @@ class _Run:
     """One fine-tune: everything ``finetune`` sets up, and the loop over it."""
 
     def __init__(self, cfg: FusionConfig, output_dir: Path, callbacks: Sequence[TrainerCallback],
-                 resume_from: Path | None, host: Host):
+                 resume_from: Path | None, host: Host, init_from: Path | None = None):
         self.cfg, self.out, self.callbacks, self.host = cfg, output_dir, list(callbacks), host
         self.dist = init_distributed()
         t = cfg.training
@@ -235,8 +236,11 @@ class _Run:
         self.dtype = resolve_dtype(None, self.device)
         self.tokenizer = build_tokenizer_for(cfg)
         self.model = MultimodalModel(cfg, host, self.tokenizer)
+        self.init_from, self.init_missing = init_from, None
         if resume_from is not None:
             load_weights(self.model, resume_from)
+        elif init_from is not None:
+            self.init_missing = load_initial_weights(self.model, init_from, self.tokenizer)
         apply_freezing(self.model, cfg)
         if t.feature_cache:
             cached = [m for m, e in cfg.encoders.items() if e.freeze and m not in t.lora.encoders]
@@ -318,6 +322,9 @@ class _Run:
     def run(self) -> FinetuneResult:
         t = self.cfg.training
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.init_missing is not None:
+            self.log({"split": "train", "event": "init_from", "path": str(self.init_from),
+                      "new_tensors": self.init_missing})
         self.emit("on_train_begin")
         self.model.train()
         accum, loss_sum, loss_n = 0, 0.0, 0
@@ -525,13 +532,17 @@ class _null:
 
 def finetune(cfg: FusionConfig | dict | str | Path, *, output_dir: str | Path | None = None,
              callbacks: Iterable[TrainerCallback] = (), resume_from: str | Path | None = None,
-             host: Host | None = None, **overrides: Any) -> FinetuneResult:
+             init_from: str | Path | None = None, host: Host | None = None, **overrides: Any) -> FinetuneResult:
     """Fine-tune the model a config describes on its data, evaluate it and save it.
 
     :param cfg: a FusionConfig, a dict or the path of a YAML/JSON config.
     :param output_dir: the run folder (default: ``runs/<task>-<time>``).
     :param callbacks: :class:`core.callbacks.TrainerCallback` objects to watch or stop the run.
     :param resume_from: a ``checkpoints/step-N`` folder of an earlier run to continue from.
+    :param init_from: a trained model to start from (``"starter"``, a run folder, its ``best/``): its
+        weights replace the fresh ones where they fit (see :func:`core.checkpoint.load_initial_weights`);
+        optimizer, schedule and step start anew. Ignored with ``resume_from``, whose weights already
+        came from it.
     :param overrides: config fields to replace, by dotted name: ``**{"training.lr": 1e-3}``.
     :return: :class:`FinetuneResult` with the run folder (a loadable model), metrics and history.
     """
@@ -548,7 +559,8 @@ def finetune(cfg: FusionConfig | dict | str | Path, *, output_dir: str | Path | 
             raise ConfigError(f"{resume_from} holds a model but no trainer state; resume from checkpoints/step-N")
     out = Path(output_dir) if output_dir is not None else \
         Path("runs") / f"{cfg.task.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = _Run(cfg, out, callbacks, resume_from, host)
+    run = _Run(cfg, out, callbacks, resume_from, host,
+               init_from=model_folder(init_from) if init_from is not None else None)
     try:
         return run.run()
     except BaseException as e:

@@ -64,6 +64,12 @@ class FusionModuleConfig:
         "time embedding added to encoder features that carry a time_index (video frames) before "
         "projection: none, learned (one vector per frame index) or sinusoidal (fixed)"))
     max_time: int = help_field(256, help="largest frame index + 1 the temporal embedding accepts")
+    position_embeddings: list[str] = help_field(default_factory=list, help=(
+        "modalities whose tokens get a learned vector per token index within an image (within a frame, "
+        "for tokens that carry a time_index), added before projection, e.g. [image, video]: the token "
+        "then says where in the picture it is, which a CNN's features hardly do and the decoder's "
+        "rotary positions do not pass on"))
+    max_positions: int = help_field(256, help="most tokens in one image or frame the position embedding accepts")
     joint_layers: int = help_field(0, help=(
         "transformer layers over all media tokens of one example, across modalities (0 = none)"))
     joint_heads: int = help_field(4, help="attention heads of the joint layers; must divide the decoder width")
@@ -90,6 +96,13 @@ class FusionModuleConfig:
         self.modality_projectors = projectors
         check_choice("fusion.temporal_embeddings", self.temporal_embeddings, TEMPORAL_KINDS)
         check_range("fusion.max_time", self.max_time, lo=1)
+        if isinstance(self.position_embeddings, str) or not isinstance(self.position_embeddings, (list, tuple)):
+            raise ConfigError(f"fusion.position_embeddings must be a list of modality names, like [image, video]; "
+                              f"got {self.position_embeddings!r}")
+        for name in self.position_embeddings:
+            check_modality_name("fusion.position_embeddings", name)
+        self.position_embeddings = list(self.position_embeddings)
+        check_range("fusion.max_positions", self.max_positions, lo=1)
         check_range("fusion.joint_layers", self.joint_layers, lo=0)
         check_range("fusion.joint_heads", self.joint_heads, lo=1)
         check_range("fusion.dropout", self.dropout, lo=0.0, hi=1.0)

@@ -1,4 +1,4 @@
-"""Embeddings added to media tokens: which modality a token is from, and which frame."""
+"""Embeddings added to media tokens: which modality a token is from, which frame, and where in it."""
 
 from __future__ import annotations
 
@@ -72,3 +72,43 @@ class TemporalEmbedding(nn.Module):
         if self.kind == "learned":
             return self.embedding(time_index)  # (B, T, D)
         return self.table[time_index]  # (B, T, D)
+
+
+def positions_in_frame(time_index: torch.Tensor) -> torch.Tensor:
+    """Each token's index within its frame, for (N, T) frame indices whose frames are contiguous runs:
+    ``[[0, 0, 1, 1, 1]] -> [[0, 1, 0, 1, 2]]``."""
+    n, t = time_index.shape
+    index = torch.arange(t, device=time_index.device).expand(n, t)
+    starts = torch.ones_like(time_index, dtype=torch.bool)
+    starts[:, 1:] = time_index[:, 1:] != time_index[:, :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values  # start of each run
+    return index - first
+
+
+class PositionEmbedding(nn.Module):
+    """A learned vector per token index within an item, or within a frame when ``time_index`` is given.
+
+    forward(n_items, n_tokens, time_index (N, T) or None, mask (N, T) or None) -> (N, T, D); padding
+    tokens (mask False) get index 0. More tokens in an image or frame than ``max_positions`` raise
+    ConfigError rather than sharing a vector.
+    """
+
+    def __init__(self, max_positions: int, dim: int):
+        super().__init__()
+        self.max_positions = max_positions
+        self.embedding = nn.Embedding(max_positions, dim)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def forward(self, n_items: int, n_tokens: int, time_index: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        device = self.embedding.weight.device
+        if time_index is not None:
+            pos = positions_in_frame(time_index.to(device))
+        else:
+            pos = torch.arange(n_tokens, device=device).expand(n_items, n_tokens)
+        if mask is not None:  # a padded clip's empty frames share index 0: their tokens are one long run
+            pos = pos.masked_fill(~mask.to(device=device, dtype=torch.bool), 0)
+        if pos.numel() and int(pos.max()) >= self.max_positions:
+            raise ConfigError(f"an item has {int(pos.max()) + 1} tokens in one image or frame, more than "
+                              f"fusion.max_positions={self.max_positions}; raise it (a trained table cannot grow)")
+        return self.embedding(pos)  # (N, T, D)

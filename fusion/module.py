@@ -21,7 +21,7 @@ from torch import nn
 from core.encoders import EncoderOutput
 from core.errors import ConfigError, UnsupportedInputError
 from fusion.config import FusionModuleConfig, check_modality_name
-from fusion.embeddings import ModalityEmbedding, TemporalEmbedding
+from fusion.embeddings import ModalityEmbedding, PositionEmbedding, TemporalEmbedding
 from fusion.joint import JointFusion
 from fusion.projector import build_projector
 
@@ -61,7 +61,8 @@ class FusionModule(nn.Module):
     """Projectors + modality/temporal embeddings + joint layers, for a fixed set of modalities.
 
     Per modality: features (N_items, T, D_enc) + temporal embedding of ``time_index`` (at encoder
-    width, so the resampler sees time too) -> projector -> (N_items, T', D_dec) + modality
+    width, so the resampler sees time too) + position embedding (token index within the image or
+    frame, for the modalities in ``position_embeddings``) -> projector -> (N_items, T', D_dec) + modality
     embedding. Then the real tokens of each example's items are gathered in layout order and, if
     ``joint_layers`` > 0, mixed by :class:`JointFusion` across modalities within the example.
     """
@@ -92,6 +93,14 @@ class FusionModule(nn.Module):
                 m: TemporalEmbedding(config.temporal_embeddings, config.max_time, d)
                 for m, d in encoder_dims.items() if m in timed
             })
+        unknown = sorted(set(config.position_embeddings) - set(encoder_dims))
+        if unknown:
+            raise ConfigError(f"fusion.position_embeddings names {', '.join(map(repr, unknown))} but the "
+                              f"configured modalities are {', '.join(map(repr, encoder_dims))}")
+        self.position = None
+        if config.position_embeddings:
+            self.position = nn.ModuleDict({m: PositionEmbedding(config.max_positions, encoder_dims[m])
+                                           for m in config.position_embeddings})
         self.modality = None
         if config.modality_embeddings:
             self.modality = ModalityEmbedding(list(encoder_dims), decoder_hidden_size)
@@ -110,6 +119,9 @@ class FusionModule(nn.Module):
         x = x.to(next(proj.parameters()).dtype)  # encoders may run in another dtype
         if self.temporal is not None and modality in self.temporal and output.time_index is not None:
             x = x + self.temporal[modality](output.time_index).to(x.dtype)  # (N, T, D_enc)
+        if self.position is not None and modality in self.position:
+            x = x + self.position[modality](x.shape[0], x.shape[1], output.time_index,
+                                                output.mask).to(x.dtype)
         x, mask, _ = proj(x, output.mask, output.time_index)  # (N, T', D_dec)
         if self.modality is not None:
             x = x + self.modality(modality).to(x.dtype)

@@ -42,6 +42,7 @@ def test_plugins_lists_the_builtin_encoders():
     (("eval", "no-such-model", "data.jsonl"), "is not a mmassist checkpoint"),
     (("finetune", "examples/configs/sst2_sentiment.yaml", "--set", "training.lr"), "section.key=value"),
     (("finetune", "examples/configs/sst2_sentiment.yaml", "--set", "training.lrr=1"), "unknown config key"),
+    (("finetune", "examples/configs/sst2_sentiment.yaml", "--init-from", "no-such-model"), "is not a model folder"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, needle, capsys, monkeypatch):
     from core.cli import main
@@ -81,6 +82,17 @@ def test_finetune_prints_progress_and_the_model_folder(tiny_run):
     assert "] 80/80 loss" in out.stderr  # the progress bar reached the end
     assert f"model saved in {folder / 'run'}" in out.stdout
     assert (folder / "run" / "model.safetensors").is_file()
+
+
+def test_finetune_can_start_from_a_saved_model(tiny_run):
+    """--init-from: a second run starts from the first one's weights (at a learning rate too small to
+    learn anything itself), so it captions as the first one does."""
+    folder, _ = tiny_run
+    out = mmassist("finetune", str(folder / "cfg.yaml"), "-o", str(folder / "again"), "--init-from",
+                   str(folder / "run"), "--set", "training.epochs=1", "--set", "training.lr=1e-9", cwd=folder)
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = mmassist("caption", str(folder / "img1.png"), "--model", str(folder / "again"))
+    assert out.stdout.split("\t")[-1].strip() == "a blue square"
 
 
 def test_eval_chat_and_caption_use_the_saved_model(tiny_run):

@@ -217,6 +217,71 @@ def test_the_run_ends_on_its_best_weights_even_if_best_was_left_set_aside(classi
     assert not all(torch.equal(final[n], last[n]) for n in final)
 
 
+@pytest.fixture(scope="module")
+def captioner(caption_dir, host, tmp_path_factory):
+    """A tiny captioner trained to say each square's colour: the model later runs start from."""
+    res = core.finetune(caption_cfg(caption_dir), output_dir=tmp_path_factory.mktemp("captioner") / "run", host=host)
+    assert core.Assistant.from_pretrained(res.output_dir, host=host).caption(caption_dir / "img1.png") == \
+        "a blue square"
+    return res.output_dir
+
+
+def test_a_run_can_start_from_a_trained_model_and_add_parts_to_it(captioner, caption_dir, host, tmp_path):
+    """init_from: a new run (here with position embeddings the first model lacked) starts from a trained
+    model's weights, so it still knows what that model learned; the same run from scratch does not."""
+    cfg = caption_cfg(caption_dir, epochs=1, lr=1e-8, warmup_ratio=0.0)
+    cfg["fusion"] = {"position_embeddings": ["image"]}
+    res = core.finetune(cfg, output_dir=tmp_path / "from", host=host, init_from=captioner)
+    log = [json.loads(line) for line in (res.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "init_from" and log[0]["path"] == str(captioner)
+    assert log[0]["new_tensors"] == ["fusion.position.image.embedding.weight"]
+    started = core.Assistant.from_pretrained(res.output_dir, host=host)
+    assert [started.caption(caption_dir / f"img{i}.png") for i in range(4)] == \
+        ["a red square", "a blue square", "a green square", "a yellow square"]
+    source = weights(core.Assistant.from_pretrained(captioner, host=host).model)
+    now = weights(started.model)
+    for name, value in source.items():
+        torch.testing.assert_close(now[name], value, atol=1e-6, rtol=0, msg=name)
+    fresh = core.finetune(cfg, output_dir=tmp_path / "fresh", host=host)
+    assert core.Assistant.from_pretrained(fresh.output_dir, host=host).caption(caption_dir / "img1.png") != \
+        "a blue square"
+
+
+def test_a_lora_run_can_start_from_a_trained_model(captioner, caption_dir, host, tmp_path):
+    """Under LoRA the trained weights go into the layers the adapters wrap; merged, it is that model again."""
+    cfg = caption_cfg(caption_dir, epochs=1, lr=1e-8, warmup_ratio=0.0, lora={"enabled": True, "r": 4})
+    res = core.finetune(cfg, output_dir=tmp_path / "lora", host=host, init_from=captioner)
+    log = json.loads((res.output_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert log["new_tensors"] and all("lora_" in n for n in log["new_tensors"])
+    merged = core.Assistant.from_pretrained(res.output_dir, host=host).merged()
+    assert merged.caption(caption_dir / "img3.png") == "a yellow square"
+    source = weights(core.Assistant.from_pretrained(captioner, host=host).model)
+    now = weights(merged.model)
+    for name, value in source.items():
+        torch.testing.assert_close(now[name], value, atol=1e-5, rtol=0, msg=name)
+
+
+def test_init_from_a_model_that_does_not_fit_says_why(captioner, caption_dir, host, tmp_path):
+    wider = caption_cfg(caption_dir, epochs=1)
+    wider["decoder"]["init"] = {**TINY_LLAMA, "hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1}
+    with pytest.raises(core.ConfigError, match=r"init_from: .* has shape \(.*64.*\), this config's model has"):
+        core.finetune(wider, output_dir=tmp_path / "a", host=host, init_from=captioner)
+    with pytest.raises(core.ConfigError, match="is not a model folder"):
+        core.finetune(caption_cfg(caption_dir, epochs=1), output_dir=tmp_path / "b", host=host, init_from=tmp_path)
+    from core.tokenizer import build_tokenizer
+
+    other = tmp_path / "tok"
+    build_tokenizer(["a red square", "a blue square"] * 50, vocab_size=300).save_pretrained(str(other))
+    retok = caption_cfg(caption_dir, epochs=1)
+    retok["decoder"]["tokenizer"] = str(other)
+    with pytest.raises(core.ConfigError, match="another tokenizer"):
+        core.finetune(retok, output_dir=tmp_path / "c", host=host, init_from=captioner)
+    no_image = caption_cfg(caption_dir, epochs=1)
+    no_image["encoders"]["image"]["config"]["model_name"] = "test_resnet"
+    with pytest.raises(core.ConfigError, match="has weights this config's model lacks"):
+        core.finetune(no_image, output_dir=tmp_path / "d", host=host, init_from=captioner)
+
+
 def test_the_feature_cache_gives_the_same_losses(caption_dir, host, tmp_path):
     runs = {}
     for cache in (True, False):

@@ -60,6 +60,9 @@ def test_config_defaults_round_trip():
     ({"joint_layers": -1}, ["fusion.joint_layers", "-1"]),
     ({"modality_projectors": {"video": {"num_latents": 0}}}, ["projector.num_latents", "0"]),
     ({"modality_projectors": {"Vid.eo": {}}}, ["'Vid.eo'"]),
+    ({"position_embeddings": "image"}, ["fusion.position_embeddings", "must be a list"]),
+    ({"position_embeddings": ["Image"]}, ["fusion.position_embeddings", "'Image'"]),
+    ({"max_positions": 0}, ["fusion.max_positions", "0"]),
 ])
 def test_config_errors_name_field_and_value(data, words):
     with pytest.raises(ConfigError) as e:
@@ -228,6 +231,49 @@ def test_fusion_module_time_and_modality_embeddings_are_used():
     assert not torch.allclose(img, vid)
 
 
+def test_positions_in_frame_count_within_each_frame():
+    from fusion.embeddings import positions_in_frame
+
+    ti = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2, 2], [5, 5, 6, 6, 7, 7, 0, 0, 0]])
+    assert positions_in_frame(ti).tolist() == [[0, 1, 2, 0, 1, 2, 0, 1, 2], [0, 1, 0, 1, 0, 1, 0, 1, 2]]
+
+
+def test_position_embeddings_tell_where_a_token_is_in_its_image_or_frame():
+    """Identical features at different places in an image (or a frame) become different tokens; the same
+    place in two frames gets the same position vector (time is the temporal embedding's job)."""
+    fusion = _module(projector=ProjectorConfig(kind="linear"), position_embeddings=["image", "video"],
+                     temporal_embeddings="none")
+    img = EncoderOutput(torch.zeros(1, 4, D_IN), torch.ones(1, 4, dtype=torch.bool))
+    x, _ = fusion.project("image", img)
+    assert all(not torch.allclose(x[0, i], x[0, j]) for i in range(4) for j in range(i))
+    # a 2-frame clip, 2 tokens a frame: positions 0, 1, 0, 1
+    vid = EncoderOutput(torch.zeros(1, 4, 16), torch.ones(1, 4, dtype=torch.bool), torch.tensor([[0, 0, 1, 1]]))
+    x, _ = fusion.project("video", vid)
+    torch.testing.assert_close(x[0, 0], x[0, 2])
+    torch.testing.assert_close(x[0, 1], x[0, 3])
+    assert not torch.allclose(x[0, 0], x[0, 1])
+    # without them, the four image tokens are the same
+    plain = _module(projector=ProjectorConfig(kind="linear"))
+    x, _ = plain.project("image", img)
+    torch.testing.assert_close(x[0, 0], x[0, 3])
+    assert "position.image.embedding.weight" in dict(fusion.named_parameters())
+    assert not any(n.startswith("position.") for n, _ in plain.named_parameters())
+
+
+def test_position_embeddings_ignore_padding_and_refuse_too_many_tokens():
+    fusion = _module(position_embeddings=["video"], max_positions=4)
+    # one real frame of 3 tokens, then padded frames (index 0, masked): a run of 12 tokens at index 0
+    time_index = torch.zeros(1, 15, dtype=torch.long)
+    mask = torch.zeros(1, 15, dtype=torch.bool)
+    mask[0, :3] = True
+    fusion.project("video", EncoderOutput(torch.randn(1, 15, 16), mask, time_index))
+    with pytest.raises(ConfigError, match="fusion.max_positions=4"):
+        fusion.project("video", EncoderOutput(torch.randn(1, 5, 16), torch.ones(1, 5, dtype=torch.bool),
+                                              torch.zeros(1, 5, dtype=torch.long)))
+    with pytest.raises(ConfigError, match="fusion.position_embeddings names 'audio'"):
+        _module(position_embeddings=["audio"])
+
+
 def test_fusion_module_rejects_bad_layout_and_config():
     fusion = _module()
     outputs = {"image": _output(2, 3, D_IN)}
@@ -241,7 +287,8 @@ def test_fusion_module_rejects_bad_layout_and_config():
 
 def test_gradients_reach_projectors_and_embeddings():
     fusion = _module(joint_layers=1, modality_projectors={"video": ProjectorConfig(kind="resampler",
-                                                                                     num_latents=3)})
+                                                                                     num_latents=3)},
+                     position_embeddings=["image"])
     outputs = {"image": _output(1, 3, D_IN), "video": _output(1, 5, 16, time=True)}
     fused = fusion(outputs, make_layout([["image", "video"]]))
     ids = torch.tensor([[5, 1, 6, 2, 7]])
@@ -250,7 +297,8 @@ def test_gradients_reach_projectors_and_embeddings():
     embeds = splice(torch.zeros(1, ids.shape[1], D_OUT), ids, placeholders, fused)
     embeds.pow(2).sum().backward()
     for name in ["projectors.image.linear_1.weight", "projectors.video.latents", "projectors.video.in_proj.weight",
-                 "temporal.video.embedding.weight", "modality.embeddings.image", "joint.layers.0.linear1.weight"]:
+                 "temporal.video.embedding.weight", "modality.embeddings.image", "joint.layers.0.linear1.weight",
+                 "position.image.embedding.weight"]:
         grad = fusion.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
 

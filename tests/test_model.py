@@ -346,6 +346,19 @@ def test_config_is_not_mutated_and_round_trips(host, tmp_path):
         assert core.FusionConfig.from_file(tmp_path / name) == cfg
 
 
+def test_numbers_with_an_exponent_are_numbers_in_yaml_configs(tmp_path):
+    """``lr: 3e-4`` is a number (PyYAML alone reads it as a string: YAML 1.1 wants ``3.0e-4``)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("decoder:\n  init: {model_type: llama}\n  tokenizer: bytes\ntraining:\n  lr: 3e-4\n"
+                    "  weight_decay: 1E-2\n  betas: [0.9, 9.99e-1]\n  epochs: 2\n")
+    t = core.FusionConfig.from_file(path).training
+    assert (t.lr, t.weight_decay, t.betas, t.epochs) == (3e-4, 1e-2, [0.9, 0.999], 2)
+    from core.cli import parse_assignment
+
+    assert parse_assignment("training.lr=1e-9") == ("training.lr", 1e-9)
+    assert parse_assignment("task.prompt=1e-9x") == ("task.prompt", "1e-9x")
+
+
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(core.ConfigError, match=r"decoder\.init\.?.*|decoder: give exactly one"):
         core.FusionConfig.from_dict({"decoder": {"path": "/x", "init": {"model_type": "llama"}}})

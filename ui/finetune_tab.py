@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import FusionConfig
+from core.configs import yaml_load
 from core.errors import ConfigError, MMAssistError
 from ui.datasets import DATA_SUFFIXES, prepare_dataset
 from ui.finetune_job import Snapshot
@@ -193,7 +194,7 @@ def parse_yaml(text: str) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(text or "") or {}
+        data = yaml_load(text or "") or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
