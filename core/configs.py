@@ -8,6 +8,7 @@ type are errors naming the path, the value and the type wanted. Per-field help t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, TypeVar
@@ -17,26 +18,27 @@ from core.errors import ConfigError
 T = TypeVar("T")
 
 
-_YAML_LOADER = None
+@functools.cache
+def _yaml_loader() -> type:
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+    return Loader
 
 
 def yaml_load(text: str) -> Any:
     """``yaml.safe_load``, except that numbers written like ``1e-3`` or ``3E-4`` are floats, as in YAML 1.2
     and JSON (PyYAML follows YAML 1.1, where an exponent needs a dot, ``1.0e-3``, or the value is a string)."""
-    global _YAML_LOADER
-    import re
-
     import yaml
 
-    if _YAML_LOADER is None:
-        class Loader(yaml.SafeLoader):
-            pass
-
-        Loader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                                     list("-+0123456789"))
-        _YAML_LOADER = Loader
-    return yaml.load(text, Loader=_YAML_LOADER)
+    return yaml.load(text, Loader=_yaml_loader())
 
 
 def help_field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,

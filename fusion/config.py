@@ -96,7 +96,7 @@ class FusionModuleConfig:
         self.modality_projectors = projectors
         check_choice("fusion.temporal_embeddings", self.temporal_embeddings, TEMPORAL_KINDS)
         check_range("fusion.max_time", self.max_time, lo=1)
-        if isinstance(self.position_embeddings, str) or not isinstance(self.position_embeddings, (list, tuple)):
+        if not isinstance(self.position_embeddings, (list, tuple)):
             raise ConfigError(f"fusion.position_embeddings must be a list of modality names, like [image, video]; "
                               f"got {self.position_embeddings!r}")
         for name in self.position_embeddings:

@@ -72,10 +72,12 @@ class FusionModule(nn.Module):
         super().__init__()
         if not encoder_dims:
             raise ConfigError("the fusion module needs at least one modality; none was configured")
-        unknown = sorted(set(config.modality_projectors) - set(encoder_dims))
-        if unknown:
-            raise ConfigError(f"fusion.modality_projectors names {', '.join(map(repr, unknown))} but the "
-                              f"configured modalities are {', '.join(map(repr, encoder_dims))}")
+        for field, names in (("modality_projectors", config.modality_projectors),
+                             ("position_embeddings", config.position_embeddings)):
+            unknown = sorted(set(names) - set(encoder_dims))
+            if unknown:
+                raise ConfigError(f"fusion.{field} names {', '.join(map(repr, unknown))} but the "
+                                  f"configured modalities are {', '.join(map(repr, encoder_dims))}")
         for name in encoder_dims:
             check_modality_name("fusion", name)
         self.config = config
@@ -93,10 +95,6 @@ class FusionModule(nn.Module):
                 m: TemporalEmbedding(config.temporal_embeddings, config.max_time, d)
                 for m, d in encoder_dims.items() if m in timed
             })
-        unknown = sorted(set(config.position_embeddings) - set(encoder_dims))
-        if unknown:
-            raise ConfigError(f"fusion.position_embeddings names {', '.join(map(repr, unknown))} but the "
-                              f"configured modalities are {', '.join(map(repr, encoder_dims))}")
         self.position = None
         if config.position_embeddings:
             self.position = nn.ModuleDict({m: PositionEmbedding(config.max_positions, encoder_dims[m])
