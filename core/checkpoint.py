@@ -196,8 +196,8 @@ def load_weights(model, path: str | Path) -> None:
 
     state = load_file(str(Path(path) / WEIGHTS))
     expected = {name for name, _ in _trained_tensors(model)}  # the names only: no copy of every weight
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(expected - state.keys())
+    unexpected = sorted(state.keys() - expected)
     if missing or unexpected:
         raise ConfigError(
             f"{path}: the weights do not fit the model in its config.json "
