@@ -279,6 +279,44 @@ def test_shapes_answers_are_correct(root):
     assert {"yes", "no"} <= answers
 
 
+def test_shape_drills_ask_every_kind_a_picture_answers(root):
+    """Drills for every training picture, none held out: conversations of up to DRILL_TURNS questions,
+    the picture in the first turn only; per picture up to DRILL_QUESTIONS different questions, each
+    answered right, every kind the picture answers (up to the limit) asked; the mix takes them in the
+    training split only, and they load as chats."""
+    scenes = {rec["file"]: rec["shapes"] for rec in read_jsonl(root / "shapes" / "scenes.jsonl")}
+    drills = read_jsonl(root / "shapes" / "drills_train.jsonl")
+    train = [r["file"] for r in read_jsonl(root / "shapes" / "captions_train.jsonl")]
+    assert list(dict.fromkeys(r["image"] for r in drills)) == train
+    assert [p.name for p in (root / "shapes").glob("drills_*")] == ["drills_train.jsonl"]
+    per_picture = {}
+    for rec in drills:
+        turns = rec["conversations"]
+        questions = [t["value"] for t in turns[0::2]]
+        assert questions[0].startswith("<image>\n") and not any("<image>" in q for q in questions[1:])
+        assert len(questions) <= shapes.DRILL_TURNS
+        questions[0] = questions[0].split("\n", 1)[1]
+        for q, a in zip(questions, [t["value"] for t in turns[1::2]], strict=True):
+            assert a == _oracle(q, scenes[rec["image"]]), (rec["image"], q)
+        per_picture.setdefault(rec["image"], []).extend(questions)
+    kinds_seen = set()
+    for file, questions in per_picture.items():
+        assert 2 <= len(questions) <= shapes.DRILL_QUESTIONS and len(set(questions)) == len(questions)
+        scene = shapes.Scene.from_dict({"shapes": scenes[file]})
+        answerable = {k for k, ask in shapes.QUESTIONS.items() if ask(scene, random.Random(0)) is not None}
+        asked = {" ".join(q.split()[:2]) for q in questions}  # "How many", "Is there", "Where is"...
+        assert len(asked) >= min(len(answerable), shapes.DRILL_QUESTIONS), (questions, answerable)
+        kinds_seen |= asked
+    assert len(kinds_seen) == 6
+    mixes = {s: read_jsonl(root / f"mix_{s}.jsonl") for s in SPLITS}
+    in_mix = {r["id"]: r for r in mixes["train"] if "-drill-" in r["id"]}
+    assert sorted(in_mix) == [r["id"] for r in drills]
+    assert all(in_mix[d["id"]] == {**d, "image": f"shapes/{d['image']}"} for d in drills)
+    assert not any("-drill-" in r["id"] for s in ("validation", "test") for r in mixes[s])
+    loaded = load_examples(root / "shapes" / "drills_train.jsonl", CHAT, DataConfig())
+    assert len(loaded) == len(drills) and all(len(e.media) == 1 for e in loaded)
+
+
 def test_shapes_questions_cover_every_kind_on_many_scenes():
     rng = random.Random(0)
     asked = set()
@@ -398,6 +436,21 @@ def test_mix_files_load_as_chat(root):
         assert {"<image>\nDescribe this image.", "<video>\nDescribe this video."} <= prompts
         assert any(p.startswith("Review: ") for p in prompts)
         assert any(e.messages[1]["content"].startswith("Hello!") for e in examples)
+
+
+def test_the_training_mix_repeats_the_shape_captions(root):
+    """Training repeats each shape caption MIX_CAPTION_REPEAT times (the held-out mixes and the other
+    datasets' captions keep one of each), so captions keep their share beside the drills."""
+    import collections
+
+    assert bundled.MIX_CAPTION_REPEAT["shapes"] > 1
+    for split in SPLITS:
+        mix = read_jsonl(root / f"mix_{split}.jsonl")
+        for name in ("shapes", "digits", "motion"):
+            seen = collections.Counter(r["id"] for r in mix if r["id"].startswith(f"{name}-caption-"))
+            repeat = bundled.MIX_CAPTION_REPEAT.get(name, 1) if split == "train" else 1
+            assert len(seen) == len(read_jsonl(root / name / f"captions_{split}.jsonl")) > 0
+            assert set(seen.values()) == {repeat}, (split, name)
 
 
 def test_follow_ups_ask_about_the_same_media_a_turn_later(root):

@@ -35,7 +35,8 @@ def test_the_recipe_trains_end_to_end_and_installs(small_data, tmp_path):
     assert cfg.task.encode_user_text and cfg.decoder.init["model_type"] == "llama"
     weights = tmp_path / "run" / "backbone" / "backbone.safetensors"  # stage one, then the chat run from it
     assert cfg.encoders["image"].config["checkpoint_path"] == str(weights.resolve())
-    assert cfg.encoders["video"].config["backbone"]["checkpoint_path"] == str(weights.resolve())
+    video_weights = weights.parent / "video_backbone.safetensors"  # the video stage one, from the image one
+    assert cfg.encoders["video"].config["backbone"]["checkpoint_path"] == str(video_weights.resolve())
     installed = starter.install_model(res.output_dir, tmp_path / "installed")
     assert sorted(p.name for p in installed.iterdir()) == sorted(
         n for n in starter.MODEL_FILES if (res.output_dir / n).is_file())
@@ -43,6 +44,7 @@ def test_the_recipe_trains_end_to_end_and_installs(small_data, tmp_path):
     assert shipped.encoders["image"].config["checkpoint_path"] is None
     assert shipped.encoders["video"].config["backbone"]["checkpoint_path"] is None
     weights.unlink()
+    video_weights.unlink()
     assert core.Assistant.from_pretrained(installed).chat("hello") is not None  # needs no stage-one file
     scores = starter.evaluate(installed, data_root=small_data, small=True, limit=12, batch_size=6)
     assert sum(s.total for s in scores.values()) == 12
@@ -71,6 +73,41 @@ def test_stage_one_teaches_the_backbone_and_saves_timm_weights(small_data, tmp_p
     saved = load_file(str(weights))
     assert saved.keys() == encoder.backbone.state_dict().keys()
     assert all(torch.equal(saved[k], v) for k, v in encoder.backbone.state_dict().items())
+
+
+def test_video_stage_one_starts_from_the_image_backbone_and_learns_the_direction(small_data, tmp_path):
+    """Stage one for video: the frame backbone starts from the image stage one's weights, learns the
+    clips' direction, shape and colour, and saves weights the video plugin loads as checkpoint_path."""
+    import copy
+
+    import torch
+    from safetensors.torch import load_file
+
+    from core.configs import from_dict
+    from core.starter.backbone import pretrain_backbone, pretrain_video_backbone
+    from plugins.video import DecordVideoConfig, DecordVideoEncoder
+
+    cfg = starter.recipe()
+    image_weights = pretrain_backbone(dict(cfg.encoders["image"].config), small_data, tmp_path, steps=2)
+    video_config = copy.deepcopy(cfg.encoders["video"].config)
+    video_config["backbone"]["checkpoint_path"] = str(image_weights)
+    start = from_dict(DecordVideoConfig, video_config)
+    losses = []
+    weights = pretrain_video_backbone(video_config, small_data, tmp_path, steps=40, batch_size=8,
+                                      progress=lambda step, steps, loss: losses.append(loss))
+    assert len(losses) == 40 and sum(losses[-8:]) < 0.5 * sum(losses[:8]), losses
+    report = json.loads((tmp_path / "video_backbone.json").read_text())
+    assert set(report) == {"steps", "seconds", "motion_direction", "motion_kind", "motion_colour"}
+    assert all(0.0 <= report[k] <= 1.0 for k in ("motion_direction", "motion_kind", "motion_colour"))
+    saved = load_file(str(weights))
+    image = load_file(str(image_weights))
+    assert saved.keys() == image.keys()
+    assert any(not torch.equal(saved[k], image[k]) for k in saved)  # trained on, not a copy
+    loaded = DecordVideoEncoder(from_dict(DecordVideoConfig, {**video_config, "backbone": {
+        **video_config["backbone"], "checkpoint_path": str(weights)}}))
+    state = loaded.frame_encoder.backbone.state_dict()
+    assert all(torch.equal(saved[k], state[k]) for k in saved)
+    assert DecordVideoEncoder(start).frame_encoder.backbone.state_dict().keys() == state.keys()
 
 
 @pytest.mark.parametrize("rid, question, task", [

@@ -21,6 +21,14 @@ SEED = 1
 IMAGE_SIZE = 64
 COUNTS = (2400, 300, 300)
 QUESTIONS_PER_IMAGE = 2
+# Each training picture also has drills: up to DRILL_QUESTIONS more questions, of every kind the picture
+# answers, asked DRILL_TURNS to a conversation (the picture shown in its first turn). With two single
+# questions per picture a model learned every attribute (its captions were right) but not which shape
+# has which colour, size or cell. Short conversations: every batch is padded to its longest record.
+# The drills use their own random stream, so the pictures and the held-out questions do not depend on them.
+DRILL_QUESTIONS = 6
+DRILL_TURNS = 3
+DRILL_SEED = 2
 BACKGROUND = (24, 24, 24)
 KINDS = ("circle", "square", "triangle")
 # Far apart in RGB and each with a common English name.
@@ -157,31 +165,36 @@ def _count(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
     return "How many shapes are there?", count_words(len(scene.shapes))
 
 
-def _colour_of(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
-    unique = _unique_kinds(scene)
-    if not unique:
-        return None
-    kind = rng.choice(unique)
-    return f"What colour is the {kind}?", _only(scene, kind=kind).colour
+def _pick(options: list[tuple[str, str]], rng: random.Random) -> tuple[str, str] | None:
+    return rng.choice(options) if options else None
 
 
-def _size_of(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
-    unique = _unique_kinds(scene)
-    if not unique:
-        return None
-    kind = rng.choice(unique)
-    return f"Is the {kind} large or small?", _only(scene, kind=kind).size
+def _colour_questions(scene: Scene) -> list[tuple[str, str]]:
+    return [(f"What colour is the {kind}?", _only(scene, kind=kind).colour) for kind in _unique_kinds(scene)]
 
 
-def _shape_at(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+def _size_questions(scene: Scene) -> list[tuple[str, str]]:
+    return [(f"Is the {kind} large or small?", _only(scene, kind=kind).size) for kind in _unique_kinds(scene)]
+
+
+def _shape_at_questions(scene: Scene) -> list[tuple[str, str]]:
     # Only cells no other shape could be read into: "on the left" is not asked when a shape is
     # also at the top left.
     clear = [s for s in scene.shapes
              if not any(set(s.position.split()) & set(o.position.split()) for o in scene.shapes if o is not s)]
-    if not clear:
-        return None
-    s = rng.choice(clear)
-    return f"What shape is {cell_phrase(s.row, s.col)}?", s.kind
+    return [(f"What shape is {cell_phrase(s.row, s.col)}?", s.kind) for s in clear]
+
+
+def _colour_of(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    return _pick(_colour_questions(scene), rng)
+
+
+def _size_of(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    return _pick(_size_questions(scene), rng)
+
+
+def _shape_at(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    return _pick(_shape_at_questions(scene), rng)
 
 
 def _exists(scene: Scene, rng: random.Random) -> tuple[str, str]:
@@ -195,17 +208,18 @@ def _exists(scene: Scene, rng: random.Random) -> tuple[str, str]:
     return f"Is there a {name}?", "yes" if want_yes else "no"
 
 
-def _where(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+def _where_questions(scene: Scene) -> list[tuple[str, str]]:
     options = []
     for s in scene.shapes:
         if sum(o.kind == s.kind for o in scene.shapes) == 1:
-            options.append((s.kind, s))
+            options.append((f"Where is the {s.kind}?", s.position))
         elif sum((o.kind, o.colour) == (s.kind, s.colour) for o in scene.shapes) == 1:
-            options.append((f"{s.colour} {s.kind}", s))
-    if not options:
-        return None
-    name, s = rng.choice(options)
-    return f"Where is the {name}?", s.position
+            options.append((f"Where is the {s.colour} {s.kind}?", s.position))
+    return options
+
+
+def _where(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+    return _pick(_where_questions(scene), rng)
 
 
 QUESTIONS: dict[str, Callable[[Scene, random.Random], tuple[str, str] | None]] = {
@@ -228,6 +242,27 @@ def questions(scene: Scene, rng: random.Random, k: int = QUESTIONS_PER_IMAGE) ->
     return out
 
 
+def drill(scene: Scene, rng: random.Random, k: int = DRILL_QUESTIONS) -> list[tuple[str, str]]:
+    """Up to ``k`` different questions about one scene, every kind it answers first (in random order),
+    then more of the kinds with several (the colour of each shape, where each one is...)."""
+    pools = {"count": [_count(scene, rng)], "colour": _colour_questions(scene), "size": _size_questions(scene),
+             "shape_at": _shape_at_questions(scene), "where": _where_questions(scene),
+             "exists": list(dict.fromkeys(_exists(scene, rng) for _ in range(3)))}
+    for pool in pools.values():
+        rng.shuffle(pool)
+    kinds = [kind for kind in pools if pools[kind]]
+    rng.shuffle(kinds)
+    out = []
+    while kinds and len(out) < k:
+        for kind in list(kinds):
+            out.append(pools[kind].pop())
+            if not pools[kind]:
+                kinds.remove(kind)
+            if len(out) == k:
+                break
+    return out
+
+
 def _unique_kinds(scene: Scene) -> list[str]:
     kinds = [s.kind for s in scene.shapes]
     return sorted(k for k in set(kinds) if kinds.count(k) == 1)
@@ -238,11 +273,21 @@ def _only(scene: Scene, kind: str) -> Shape:
     return shape
 
 
+def drill_record(record_id: str, qas: list[tuple[str, str]], file: str) -> dict:
+    """A LLaVA record asking ``qas`` in turn about the picture ``file`` (shown in the first turn)."""
+    (q, a), *rest = qas
+    rec = llava_record(record_id, q, a, {"image": file})
+    for q, a in rest:
+        rec["conversations"] += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    return rec
+
+
 # -- the builder --------------------------------------------------------------------------------------
 
 
 def build(out: Path, *, small: bool = False) -> Built:
-    """Write ``images/``, ``scenes.jsonl`` and per split ``captions_{split}.jsonl``, ``qa_{split}.jsonl``."""
+    """Write ``images/``, ``scenes.jsonl``, per split ``captions_{split}.jsonl``, ``qa_{split}.jsonl``, and
+    ``drills_train.jsonl``."""
     from PIL import Image
 
     sizes = split_sizes(COUNTS, small)
@@ -256,7 +301,8 @@ def build(out: Path, *, small: bool = False) -> Built:
             seen.add(text)
             scenes.append(scene)
 
-    counts, start, records = {}, 0, []
+    counts, start, records, drills = {}, 0, [], []
+    drill_rng = random.Random(DRILL_SEED)
     for split in SPLITS:
         caps, qas = [], []
         for i in range(start, start + sizes[split]):
@@ -267,10 +313,16 @@ def build(out: Path, *, small: bool = False) -> Built:
             caps.append({"file": file, "caption": caption(scene)})
             for j, (q, a) in enumerate(questions(scene, rng)):
                 qas.append(llava_record(f"shapes-{i:05d}-{j}", q, a, {"image": file}))
+            if split == "train":
+                asked = drill(scene, drill_rng)
+                for j in range(0, len(asked), DRILL_TURNS):
+                    drills.append(drill_record(f"shapes-drill-{i:05d}-{j // DRILL_TURNS}", asked[j: j + DRILL_TURNS], file))
         start += sizes[split]
         write_jsonl(out / f"captions_{split}.jsonl", caps)
         write_jsonl(out / f"qa_{split}.jsonl", qas)
         counts[split] = {"images": len(caps), "captions": len(caps), "qa": len(qas)}
+    write_jsonl(out / "drills_train.jsonl", drills)
+    counts["train"]["drills"] = len(drills)
     write_jsonl(out / "scenes.jsonl", records)
 
     colours = ", ".join(COLOURS)
@@ -282,7 +334,9 @@ def build(out: Path, *, small: bool = False) -> Built:
             "left to right, e.g. \"a large red circle at the top left and a small blue square at the "
             "bottom right\". Each picture has two questions of different kinds (count, colour of a shape, "
             "size, shape in a cell, is there a ..., where is ...) with one-word canonical answers; "
-            "a question is asked only when the picture answers it uniquely. No two pictures share a "
+            "a question is asked only when the picture answers it uniquely. Each training picture also has "
+            f"drills: up to {DRILL_QUESTIONS} more such questions, every kind the picture answers first, asked "
+            f"{DRILL_TURNS} to a conversation. No two pictures share a "
             "caption, so the splits share no scene."
         ),
         seed=SEED,
@@ -292,5 +346,6 @@ def build(out: Path, *, small: bool = False) -> Built:
             "scenes.jsonl": "per picture: file, split and each shape's kind, colour, size, grid row/col and box",
             "captions_{split}.jsonl": "{\"file\", \"caption\"} per picture",
             "qa_{split}.jsonl": "LLaVA records, one question and answer each",
+            "drills_train.jsonl": f"LLaVA records, training pictures only: up to {DRILL_TURNS} questions in turn",
         },
     )

@@ -3,7 +3,8 @@ the package, so that a fresh machine has an assistant that really works.
 
 - images and videos: a small timm ResNet (``test_resnet``, 0.4 M parameters) trained from scratch,
   one for pictures and one for video frames, both starting from a backbone pretrained here on the
-  training split's shape and digit labels (stage one, :mod:`core.starter.backbone`);
+  training split's shape and digit labels, the video one then on the training clips' direction, shape
+  and colour (stage one, :mod:`core.starter.backbone`);
 - text: the pretrained all-MiniLM-L6-v2 (frozen, referenced rather than copied), which reads every
   user turn (``task.encode_user_text``) beside the decoder;
 - a 3-layer Llama-style decoder (hidden size 192) with a byte-level BPE tokenizer trained on the training mix;
@@ -21,6 +22,7 @@ It is trained with :func:`core.finetune` itself, as one multi-task chat run over
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -47,6 +49,8 @@ EXAMPLES_DIR = PACKAGE_DIR / "examples"
 TOKENIZER_VOCAB = 2048
 # Stage one: steps of supervised pretraining of the image backbone (about 2 minutes on 2 CPU cores).
 BACKBONE_STEPS = 1500
+# ... and of the video backbone, from the image backbone's weights (about 4 minutes).
+VIDEO_BACKBONE_STEPS = 400
 
 # Held-out figures are reported per task; a record's task is read from its id.
 TASKS = {
@@ -76,16 +80,18 @@ def model_path() -> Path:
 
 
 def recipe(data_root: str | Path | None = None, tokenizer_dir: str | Path | None = None,
-           backbone: str | Path | None = None) -> FusionConfig:
+           backbone: str | Path | None = None, video_backbone: str | Path | None = None) -> FusionConfig:
     """The starter's training config (``recipe.yaml``), with the data under ``data_root`` (default:
     the bundled-data cache), the decoder's tokenizer from ``tokenizer_dir`` and the image and video
-    backbones starting from the stage-one weights ``backbone`` (:mod:`core.starter.backbone`)."""
+    backbones starting from the stage-one weights ``backbone`` and ``video_backbone``
+    (:mod:`core.starter.backbone`; without ``video_backbone`` the video backbone starts from ``backbone``)."""
     cfg = FusionConfig.from_file(RECIPE)
     changes = {}
     if backbone is not None:
         weights = str(Path(backbone).resolve())
+        video = str(Path(video_backbone).resolve()) if video_backbone is not None else weights
         changes.update({"encoders.image.config.checkpoint_path": weights,
-                        "encoders.video.config.backbone.checkpoint_path": weights})
+                        "encoders.video.config.backbone.checkpoint_path": video})
     if data_root is not None:
         root = Path(data_root).resolve()
         changes.update({f"data.{s}": str(root / f"mix_{s}.jsonl") for s in ("train", "validation", "test")})
@@ -134,11 +140,17 @@ def train(out: str | Path, *, data_root: str | Path | None = None, install: bool
     tok_dir = train_tokenizer(root / "mix_train.jsonl", out / "tokenizer")
     start = time.time()
     weights = out / "backbone" / backbone.WEIGHTS
-    cfg = recipe(root, tok_dir, weights)
+    video_weights = weights.parent / backbone.VIDEO_WEIGHTS
+    cfg = recipe(root, tok_dir, weights, video_weights)
+    encoders = cfg.override(**overrides).encoders  # as the run will build them: an override applies to stage one too
     if not weights.is_file():  # a resumed run keeps its stage one
-        # The image backbone as the run will build it (an override of it applies to stage one too).
-        image_config = dict(cfg.override(**overrides).encoders["image"].config)
-        backbone.pretrain_backbone(image_config, root, weights.parent, steps=2 if small else BACKBONE_STEPS)
+        backbone.pretrain_backbone(dict(encoders["image"].config), root, weights.parent,
+                                   steps=2 if small else BACKBONE_STEPS)
+    if not video_weights.is_file():
+        video_config = copy.deepcopy(encoders["video"].config)
+        video_config["backbone"]["checkpoint_path"] = str(weights.resolve())  # starts from the image stage one
+        backbone.pretrain_video_backbone(video_config, root, weights.parent,
+                                         steps=2 if small else VIDEO_BACKBONE_STEPS)
     stage_one = time.time() - start
     result = finetune(cfg, output_dir=out / "model", callbacks=callbacks, **overrides)
     (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start, "backbone_seconds": stage_one}),
