@@ -49,7 +49,7 @@ EXAMPLES_DIR = PACKAGE_DIR / "examples"
 TOKENIZER_VOCAB = 2048
 # Stage one: steps of supervised pretraining of the image backbone (about 2 minutes on 2 CPU cores).
 BACKBONE_STEPS = 1500
-# ... and of the video backbone, from the image backbone's weights (about 4 minutes).
+# ... and of the video backbone, from the image backbone's weights (under 3 minutes).
 VIDEO_BACKBONE_STEPS = 400
 
 # Held-out figures are reported per task; a record's task is read from its id.

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from core.bundled.common import read_jsonl
+from core.bundled.motion import DIRECTIONS
 from core.bundled.shapes import COLOURS, KINDS, SIZES
 
 WEIGHTS = "backbone.safetensors"
@@ -173,10 +174,8 @@ VIDEO_WEIGHTS = "video_backbone.safetensors"
 VIDEO_REPORT = "video_backbone.json"
 
 
-def _motion_heads() -> dict[str, tuple]:
-    from core.bundled.motion import DIRECTIONS
-
-    return {"direction": tuple(DIRECTIONS), "kind": tuple(KINDS), "colour": tuple(COLOURS)}
+# Per clip: which way the shape moves, which shape, which colour.
+MOTION_HEADS = {"direction": tuple(DIRECTIONS), "kind": KINDS, "colour": tuple(COLOURS)}
 
 
 def _load_clips(encoder, root: Path, split: str) -> dict[str, torch.Tensor]:
@@ -186,10 +185,9 @@ def _load_clips(encoder, root: Path, split: str) -> dict[str, torch.Tensor]:
     clips = [r for r in read_jsonl(root / "motion" / "scenes.jsonl") if r["split"] == split]
     batches = [encoder.preprocess([Media.of(root / "motion" / c["file"]) for c in clips[i:i + 64]])
                for i in range(0, len(clips), 64)]
-    heads = _motion_heads()
     return {
         **{key: torch.cat([b[key] for b in batches]) for key in ("pixel_values", "frame_mask", "frame_index")},
-        **{name: torch.tensor([labels.index(c[name]) for c in clips]) for name, labels in heads.items()},
+        **{name: torch.tensor([labels.index(c[name]) for c in clips]) for name, labels in MOTION_HEADS.items()},
     }
 
 
@@ -215,7 +213,6 @@ def pretrain_video_backbone(video_config: dict, data_root: str | Path, out: str 
     out.mkdir(parents=True, exist_ok=True)
     encoder = DecordVideoEncoder(from_dict(DecordVideoConfig, video_config, "video"))
     train, val = _load_clips(encoder, root, "train"), _load_clips(encoder, root, "validation")
-    heads_spec = _motion_heads()
 
     def features(data: dict, idx: torch.Tensor) -> torch.Tensor:
         return encoder(data["pixel_values"][idx], data["frame_mask"][idx], data["frame_index"][idx]).features
@@ -223,7 +220,7 @@ def pretrain_video_backbone(video_config: dict, data_root: str | Path, out: str 
     with torch.no_grad():
         tokens, dim = features(train, torch.tensor([0])).shape[1:]
     heads = torch.nn.ModuleDict({name: torch.nn.Linear(tokens * dim, len(labels))
-                                 for name, labels in heads_spec.items()})
+                                 for name, labels in MOTION_HEADS.items()})
     params = list(encoder.parameters()) + list(heads.parameters())
     update = _updater(params, lr, steps, 0.1, progress)
     n = len(train["direction"])
