@@ -124,7 +124,7 @@ class Assistant:
         cfg = dataclasses.replace(
             self.cfg,
             decoder=dataclasses.replace(self.cfg.decoder, freeze=False),
-            encoders={m: dataclasses.replace(e, freeze=e.freeze and m not in lora.encoders)
+            encoders={m: dataclasses.replace(e, freeze=False, trainable=[]) if m in lora.encoders else e
                       for m, e in self.cfg.encoders.items()},
             training=dataclasses.replace(self.cfg.training, lora=dataclasses.replace(lora, enabled=False, encoders=[])),
         )

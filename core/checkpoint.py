@@ -43,12 +43,17 @@ def referenced_prefixes(model) -> dict[str, str]:
 
 
 def _trained_tensors(model) -> list[tuple[str, torch.Tensor]]:
-    """Every parameter and persistent buffer, once each (tied weights once), minus referenced parts."""
+    """Every parameter and persistent buffer, once each (tied weights once), minus referenced parts (but
+    for the ``trainable`` parts of frozen encoders and LoRA adapters)."""
     skip = tuple(referenced_prefixes(model))
+    kept = tuple(f"encoders.{m}.{p}" for m, e in model.cfg.encoders.items() for p in e.trainable)
     out = []
     seen = set()
     for name, t in list(model.named_parameters()) + _persistent_buffers(model):
-        if (name.startswith(skip) and "lora_" not in name) or id(t) in seen:
+        if id(t) in seen:
+            continue
+        if name.startswith(skip) and "lora_" not in name and not any(name == k or name.startswith(k + ".")
+                                                                     for k in kept):
             continue
         seen.add(id(t))
         out.append((name, t))
@@ -273,10 +278,18 @@ def load_initial_weights(model, path: str | Path, tokenizer=None) -> list[str]:
         if targets[name].shape != value.shape:
             raise ConfigError(f"init_from: {path}: {name} has shape {tuple(value.shape)}, this config's model "
                               f"has {tuple(targets[name].shape)}")
+    trained = {n if "lora_" in n else _plain_name(n) for n, _ in _trained_tensors(model)}
+    referenced = referenced_prefixes(model)
+    lost = sorted(n for n in state if n not in trained and n.startswith(tuple(referenced)))
+    if lost:  # they would be used in this run but not saved: its checkpoints would load the source's instead
+        prefix = next(p for p in referenced if lost[0].startswith(p))
+        raise ConfigError(
+            f"init_from: {path} has trained weights for {', '.join(lost[:3])}{'...' if len(lost) > 3 else ''}, a "
+            f"part this config freezes and references from {referenced[prefix]}; train it (freeze: false, or name "
+            "it in the encoder's trainable) so that the new checkpoints keep it")
     with torch.no_grad():
         for name, value in state.items():
             targets[name].copy_(value)
-    trained = {n if "lora_" in n else _plain_name(n) for n, _ in _trained_tensors(model)}
     return sorted(trained - set(state))
 
 

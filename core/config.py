@@ -36,12 +36,26 @@ class EncoderConfig:
     config: dict[str, Any] = help_field(default_factory=dict, help="the encoder's config values")
     freeze: bool = help_field(False, help="keep the encoder's weights fixed during fine-tuning")
     lr: float | None = help_field(None, help="learning rate for this encoder; default: training.lr")
+    trainable: list[str] = help_field(
+        default_factory=list,
+        help="with freeze: the parameters still trained, by name or name prefix within the encoder (e.g. "
+             "model.encoder.layer.5 for a text encoder's top layer): frozen-part fine-tuning. They are saved "
+             "in checkpoints; the rest of a pretrained encoder stays referenced")
 
     def __post_init__(self):
         if not isinstance(self.name, str) or "/" not in self.name:
             raise ConfigError(f"encoder name {self.name!r} must look like 'modality/backend', e.g. 'image/timm'")
         if self.lr is not None:
             check_range("encoder.lr", self.lr, 0.0, lo_open=True)
+        if not isinstance(self.trainable, list) or not all(isinstance(p, str) and p for p in self.trainable):
+            raise ConfigError(f"encoder.trainable must be a list of parameter names, got {self.trainable!r}")
+        if self.trainable and not self.freeze:
+            raise ConfigError(f"{self.name}: trainable names the parts of a frozen encoder that are still trained; "
+                              "set freeze: true with it (without freeze the whole encoder is trained)")
+
+    def trains(self, name: str) -> bool:
+        """Whether the encoder's parameter ``name`` is trained: not frozen, or named in :attr:`trainable`."""
+        return not self.freeze or any(name == p or name.startswith(p + ".") for p in self.trainable)
 
 
 @dataclass

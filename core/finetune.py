@@ -161,11 +161,18 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
 
 
 def apply_freezing(model: MultimodalModel, cfg: FusionConfig) -> None:
-    """requires_grad=False on frozen encoders, a frozen decoder and the parts named in training.freeze."""
+    """requires_grad=False on frozen encoders (but for their ``trainable`` parts), a frozen decoder and the
+    parts named in training.freeze."""
     for m, enc in cfg.encoders.items():
         if enc.freeze:
-            for n, p in model.encoders[m].named_parameters():
-                p.requires_grad = "lora_" in n
+            named = list(model.encoders[m].named_parameters())
+            for prefix in enc.trainable:
+                if not any(n == prefix or n.startswith(prefix + ".") for n, _ in named):
+                    parts = sorted({".".join(n.split(".")[:-1]) for n, _ in named})
+                    raise ConfigError(f"encoders.{m}.trainable: {prefix!r} names no parameter of {enc.name}; "
+                                      f"its parts include {', '.join(parts[-4:])}")
+            for n, p in named:
+                p.requires_grad = "lora_" in n or enc.trains(n)
     if cfg.decoder.freeze:
         for n, p in model.decoder.named_parameters():
             p.requires_grad = "lora_" in n
@@ -243,7 +250,7 @@ class _Run:
             self.init_missing = load_initial_weights(self.model, init_from, self.tokenizer)
         apply_freezing(self.model, cfg)
         if t.feature_cache:
-            cached = [m for m, e in cfg.encoders.items() if e.freeze and m not in t.lora.encoders]
+            cached = [m for m, e in cfg.encoders.items() if e.freeze and not e.trainable and m not in t.lora.encoders]
             self.model.feature_cache = FeatureCache(cached) if cached else None
         if t.gradient_checkpointing:
             decoder = self.model.decoder  # transformers 5.x renamed it; older releases have the old name

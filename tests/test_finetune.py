@@ -127,6 +127,71 @@ def test_freezing_leaves_frozen_weights_bit_identical(classify_file, host, tmp_p
     assert not all(torch.equal(before[n], after[n]) for n in before if n.startswith("decoder."))
 
 
+@pytest.fixture(scope="module")
+def tiny_text_encoder(tmp_path_factory):
+    """A two-layer BERT saved as a local Hugging Face folder: a "pretrained" text encoder to reference."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from plugins.text import default_model_path
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64), add_pooling_layer=False).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def text_chat_cfg(tmp_path: Path, text: dict) -> dict:
+    """A chat run whose user turns are read by the text encoder ``text``: say a review's sentiment."""
+    reviews = [("a witty, moving film", "positive"), ("dull and far too long", "negative"),
+               ("a gorgeous delight", "positive"), ("the plot is thin and the acting worse", "negative")] * 2
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", "conversations": [
+        {"from": "human", "value": f"Review: {r}"}, {"from": "gpt", "value": a}]}) + "\n"
+        for i, (r, a) in enumerate(reviews)))
+    return {"encoders": {"text": text}, "decoder": {"init": TINY_LLAMA, "tokenizer": "bytes", "max_length": 96},
+            "task": {"kind": "chat", "encode_user_text": True},
+            "data": {"train": str(data), "validation_fraction": 0.0},
+            "training": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "log_every": 1}}
+
+
+def test_a_frozen_encoder_can_train_its_top_layer_only(tiny_text_encoder, host, tmp_path):
+    """Frozen-part tuning: with freeze and trainable, only the named layer of the pretrained text encoder
+    learns (so its features are not cached); the checkpoint holds that layer and references the rest."""
+    from safetensors.torch import load_file
+
+    text = {"name": "text/hf", "freeze": True, "trainable": ["model.encoder.layer.1"],
+            "config": {"model_path": str(tiny_text_encoder)}}
+    before, after, _ = train_and_reload(text_chat_cfg(tmp_path, text), host, tmp_path / "run")
+    top = "encoders.text.model.encoder.layer.1."
+    text_names = [n for n in before if n.startswith("encoders.text.")]
+    assert all(not torch.equal(before[n], after[n]) for n in text_names if n.startswith(top) and "weight" in n)
+    assert all(torch.equal(before[n], after[n]) for n in text_names if not n.startswith(top))
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert sorted(n for n in saved if n.startswith("encoders.text.")) == sorted(
+        n for n in text_names if n.startswith(top))
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["referenced"]["encoders.text."] == str(tiny_text_encoder)
+    # Starting a new run from it: the tuned layer must stay trainable, or the new checkpoints would lose it.
+    frozen = text_chat_cfg(tmp_path, {**text, "trainable": []})
+    with pytest.raises(core.ConfigError, match="encoders.text.model.encoder.layer.1.*freezes and references"):
+        core.finetune(frozen, output_dir=tmp_path / "again", host=host, init_from=tmp_path / "run")
+    again = core.finetune(text_chat_cfg(tmp_path, text), output_dir=tmp_path / "again", host=host,
+                          init_from=tmp_path / "run", **{"training.epochs": 1})
+    assert again.output_dir.is_dir()
+
+
+def test_trainable_parts_must_be_named_right(tiny_text_encoder, host, tmp_path):
+    text = {"name": "text/hf", "trainable": ["model.encoder.layer.1"], "config": {"model_path": str(tiny_text_encoder)}}
+    with pytest.raises(core.ConfigError, match="set freeze: true"):
+        core.finetune(text_chat_cfg(tmp_path, text), output_dir=tmp_path / "run", host=host)
+    text = {**text, "freeze": True, "trainable": ["model.encoder.layer.7"]}
+    with pytest.raises(core.ConfigError, match="'model.encoder.layer.7' names no parameter of text/hf"):
+        core.finetune(text_chat_cfg(tmp_path, text), output_dir=tmp_path / "run", host=host)
+
+
 def test_lora_trains_only_adapters_and_the_merged_export_matches(caption_dir, host, tmp_path):
     cfg = caption_cfg(caption_dir, epochs=2, lora={"enabled": True, "r": 4})
     before, after, asst = train_and_reload(cfg, host, tmp_path / "run")
