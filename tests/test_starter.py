@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import core
 from core import bundled, starter
@@ -37,15 +40,29 @@ def test_the_recipe_trains_end_to_end_and_installs(small_data, tmp_path):
     assert cfg.encoders["image"].config["checkpoint_path"] == str(weights.resolve())
     video_weights = weights.parent / "video_backbone.safetensors"  # the video stage one, from the image one
     assert cfg.encoders["video"].config["backbone"]["checkpoint_path"] == str(video_weights.resolve())
+    text_folder = weights.parent / "text_encoder"  # the text stage one: MiniLM with tuned top layers, frozen
+    assert cfg.encoders["text"].config["model_path"] == str(text_folder.resolve())
+    run = core.Assistant.from_pretrained(res.output_dir)
     installed = starter.install_model(res.output_dir, tmp_path / "installed")
     assert sorted(p.name for p in installed.iterdir()) == sorted(
         n for n in starter.MODEL_FILES if (res.output_dir / n).is_file())
     shipped = core.FusionConfig.from_file(installed / "config.json")  # its backbones are in model.safetensors
     assert shipped.encoders["image"].config["checkpoint_path"] is None
     assert shipped.encoders["video"].config["backbone"]["checkpoint_path"] is None
+    tuned = [f"model.encoder.layer.{i}" for i in (3, 4, 5)]  # ... and so are the text encoder's tuned layers
+    assert shipped.encoders["text"].config.get("model_path") is None and shipped.encoders["text"].freeze
+    assert shipped.encoders["text"].trainable == tuned
+    state = load_file(str(installed / "model.safetensors"))
+    text = {n: t for n, t in state.items() if n.startswith("encoders.text.")}
+    assert text and all(n.startswith(tuple(f"encoders.text.{t}." for t in tuned)) for n in text)
+    assert all(t.dtype == torch.float16 for t in text.values())
     weights.unlink()
     video_weights.unlink()
-    assert core.Assistant.from_pretrained(installed).chat("hello") is not None  # needs no stage-one file
+    shutil.rmtree(text_folder)
+    loaded = core.Assistant.from_pretrained(installed)  # needs no stage-one file
+    ours, theirs = loaded.model.state_dict(), run.model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[n], theirs[n]) for n in ours)
+    assert loaded.chat("hello") == run.chat("hello")
     scores = starter.evaluate(installed, data_root=small_data, small=True, limit=12, batch_size=6)
     assert sum(s.total for s in scores.values()) == 12
     assert set(scores) <= set(starter.TASKS)
@@ -108,6 +125,29 @@ def test_video_stage_one_starts_from_the_image_backbone_and_learns_the_direction
     state = loaded.frame_encoder.backbone.state_dict()
     assert all(torch.equal(saved[k], state[k]) for k in saved)
     assert DecordVideoEncoder(start).frame_encoder.backbone.state_dict().keys() == state.keys()
+
+
+def test_text_stage_one_tunes_the_top_layers_only_and_rounds_them_to_float16(small_data, tmp_path):
+    """Stage one for text: the top layer of the bundled MiniLM learns the training sentiment turns (its
+    loss falls); the folder it writes loads as the text plugin's model_path, differs from MiniLM in that
+    layer only, and holds float16-exact values there (the installed starter stores them as float16)."""
+    import torch
+
+    from core.starter.backbone import pretrain_text_encoder
+    from plugins.text import HFTextConfig, HFTextEncoder
+
+    losses = []
+    folder = pretrain_text_encoder({}, small_data, tmp_path, layers=1, epochs=8, batch_size=8, lr=3e-4,
+                                   progress=lambda step, steps, loss: losses.append(loss))
+    assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
+    report = json.loads((tmp_path / "text_encoder.json").read_text())
+    assert report["tuned"] == ["model.encoder.layer.5"] and 0.0 <= report["sentiment_validation"] <= 1.0
+    tuned = dict(HFTextEncoder(HFTextConfig(model_path=str(folder))).named_parameters())
+    bundled_minilm = dict(HFTextEncoder(HFTextConfig()).named_parameters())
+    assert tuned.keys() == bundled_minilm.keys()
+    changed = {n for n in tuned if not torch.equal(tuned[n], bundled_minilm[n])}
+    assert changed and all(n.startswith("model.encoder.layer.5.") for n in changed)
+    assert all(torch.equal(tuned[n].half().float(), tuned[n]) for n in changed)
 
 
 @pytest.mark.parametrize("rid, question, task", [

@@ -32,7 +32,7 @@ from core.errors import DataFormatError, UnknownNameError
 
 # Bump whenever any builder's output changes: it names the default cache folder, and a built folder
 # of another version is rebuilt.
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "6"
 URI_PREFIX = "bundled:"
 ENV_DATA_DIR = "MMASSIST_DATA_DIR"
 MIX_SEED = 6
@@ -40,7 +40,9 @@ MIX_SEED = 6
 MIX_CHAT_REPEAT = 5
 # The shape captions are repeated too: with the drills they were under a tenth of the training mix, and
 # the captions copied a colour or kind from a neighbouring shape (0.88 exact match against 0.97 before).
-MIX_CAPTION_REPEAT = {"shapes": 2}
+# The motion captions, which say which way the shape moves, are repeated as well (a chat run confused
+# up and down).
+MIX_CAPTION_REPEAT = {"shapes": 2, "motion": 2}
 # Follow-ups: in the training mix, this share of the pictures and clips has its two questions asked in
 # one conversation, the second in a later turn without the media placeholder, so the model learns to
 # answer about media from an earlier turn. The validation and test mixes keep every single question and

@@ -5,8 +5,9 @@ the package, so that a fresh machine has an assistant that really works.
   one for pictures and one for video frames, both starting from a backbone pretrained here on the
   training split's shape and digit labels, the video one then on the training clips' direction, shape
   and colour (stage one, :mod:`core.starter.backbone`);
-- text: the pretrained all-MiniLM-L6-v2 (frozen, referenced rather than copied), which reads every
-  user turn (``task.encode_user_text``) beside the decoder;
+- text: the pretrained all-MiniLM-L6-v2, which reads every user turn (``task.encode_user_text``) beside
+  the decoder; stage one tunes its top three layers on the training sentiment turns, the chat run
+  reads it frozen, and the starter ships those layers (float16) and references the rest;
 - a 3-layer Llama-style decoder (hidden size 192) with a byte-level BPE tokenizer trained on the training mix;
 - the fusion module between them (MLP projectors, modality and temporal embeddings).
 
@@ -51,6 +52,8 @@ TOKENIZER_VOCAB = 2048
 BACKBONE_STEPS = 1500
 # ... and of the video backbone, from the image backbone's weights (under 3 minutes).
 VIDEO_BACKBONE_STEPS = 400
+# ... and the top layers of the text encoder tuned on the training sentiment turns (see backbone.py).
+TEXT_LAYERS = 3
 
 # Held-out figures are reported per task; a record's task is read from its id.
 TASKS = {
@@ -80,13 +83,17 @@ def model_path() -> Path:
 
 
 def recipe(data_root: str | Path | None = None, tokenizer_dir: str | Path | None = None,
-           backbone: str | Path | None = None, video_backbone: str | Path | None = None) -> FusionConfig:
+           backbone: str | Path | None = None, video_backbone: str | Path | None = None,
+           text_encoder: str | Path | None = None) -> FusionConfig:
     """The starter's training config (``recipe.yaml``), with the data under ``data_root`` (default:
-    the bundled-data cache), the decoder's tokenizer from ``tokenizer_dir`` and the image and video
+    the bundled-data cache), the decoder's tokenizer from ``tokenizer_dir``, the image and video
     backbones starting from the stage-one weights ``backbone`` and ``video_backbone``
-    (:mod:`core.starter.backbone`; without ``video_backbone`` the video backbone starts from ``backbone``)."""
+    (:mod:`core.starter.backbone`; without ``video_backbone`` the video backbone starts from ``backbone``)
+    and the text encoder read from ``text_encoder``, the stage-one folder of the tuned MiniLM."""
     cfg = FusionConfig.from_file(RECIPE)
     changes = {}
+    if text_encoder is not None:
+        changes["encoders.text.config.model_path"] = str(Path(text_encoder).resolve())
     if backbone is not None:
         weights = str(Path(backbone).resolve())
         video = str(Path(video_backbone).resolve()) if video_backbone is not None else weights
@@ -141,7 +148,8 @@ def train(out: str | Path, *, data_root: str | Path | None = None, install: bool
     start = time.time()
     weights = out / "backbone" / backbone.WEIGHTS
     video_weights = weights.parent / backbone.VIDEO_WEIGHTS
-    cfg = recipe(root, tok_dir, weights, video_weights)
+    text_folder = weights.parent / backbone.TEXT_ENCODER
+    cfg = recipe(root, tok_dir, weights, video_weights, text_folder)
     encoders = cfg.override(**overrides).encoders  # as the run will build them: an override applies to stage one too
     if not weights.is_file():  # a resumed run keeps its stage one
         backbone.pretrain_backbone(dict(encoders["image"].config), root, weights.parent,
@@ -151,6 +159,10 @@ def train(out: str | Path, *, data_root: str | Path | None = None, install: bool
         video_config["backbone"]["checkpoint_path"] = str(weights.resolve())  # starts from the image stage one
         backbone.pretrain_video_backbone(video_config, root, weights.parent,
                                          steps=2 if small else VIDEO_BACKBONE_STEPS)
+    if not (text_folder / "config.json").is_file():
+        text_config = {k: v for k, v in encoders["text"].config.items() if k != "model_path"}  # the bundled MiniLM
+        backbone.pretrain_text_encoder(text_config, root, weights.parent, layers=TEXT_LAYERS,
+                                       max_steps=2 if small else None)
     stage_one = time.time() - start
     result = finetune(cfg, output_dir=out / "model", callbacks=callbacks, **overrides)
     (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start, "backbone_seconds": stage_one}),
@@ -167,16 +179,73 @@ MODEL_FILES = ("config.json", "model.safetensors", "manifest.json", "tokenizer.j
 
 def install_model(run_dir: str | Path, target: Path = MODEL_DIR) -> Path:
     """Copy a trained model's files (not its checkpoints or logs) into ``target``. The config no longer
-    names the stage-one backbone weights: the trained backbones are in ``model.safetensors``."""
+    names the stage-one weights: the trained backbones are in ``model.safetensors``, and so are the text
+    encoder's tuned layers (in float16), the rest of it referenced as the bundled all-MiniLM-L6-v2."""
     run_dir = Path(run_dir)
     tmp = _fresh_folder(target)
-    for name in MODEL_FILES:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, tmp / name)
+    if _tuned_text_encoder(run_dir) is not None:
+        _fold_text_stage_one(run_dir, tmp)
+    else:
+        for name in MODEL_FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / name)
     manifest = json.loads((tmp / "manifest.json").read_text(encoding="utf-8"))
     cfg = without_initial_weights(FusionConfig.from_file(tmp / "config.json"), manifest)
     (tmp / "config.json").write_text(cfg.to_json(), encoding="utf-8")  # no path of the machine that trained it
     return _replace_folder(tmp, target)
+
+
+def _tuned_text_encoder(run_dir: Path) -> Path | None:
+    """The stage-one folder a run's text encoder was read from, if it was one (:data:`backbone.TEXT_REPORT`
+    beside it)."""
+    text = FusionConfig.from_file(run_dir / "config.json").encoders.get("text")
+    folder = text.config.get("model_path") if text is not None else None
+    if folder and (Path(folder).parent / backbone.TEXT_REPORT).is_file():
+        return Path(folder)
+    return None
+
+
+def _fold_text_stage_one(run_dir: Path, out: Path) -> None:
+    """Write the model of ``run_dir``, whose text encoder is a stage-one folder, into ``out`` as a model
+    whose text encoder is the bundled MiniLM with the tuned layers ``trainable`` (so saved in
+    ``model.safetensors``, as float16) and frozen: the same weights, without the 90 MB folder."""
+    import dataclasses
+
+    import torch
+
+    from core.assistant import Assistant
+    from core.checkpoint import save_checkpoint, trained_state
+    from core.errors import ConfigError
+    from core.model import MultimodalModel
+
+    folder = _tuned_text_encoder(run_dir)
+    tuned = json.loads((folder.parent / backbone.TEXT_REPORT).read_text(encoding="utf-8"))["tuned"]
+    run = Assistant.from_pretrained(run_dir, device="cpu", dtype=torch.float32)
+    text = run.cfg.encoders["text"]
+    config = {k: v for k, v in text.config.items() if k != "model_path"}
+    cfg = dataclasses.replace(run.cfg, encoders={
+        **run.cfg.encoders, "text": dataclasses.replace(text, config=config, freeze=True, trainable=tuned)})
+    model = MultimodalModel(cfg, run.host, run.tokenizer)
+    theirs = run.model.state_dict()
+    ours = model.state_dict()
+    kept = [f"encoders.text.{t}" for t in tuned]
+    for name, value in ours.items():  # the untuned text layers must be the bundled MiniLM's
+        if name.startswith("encoders.text.") and not name.startswith(tuple(k + "." for k in kept)):
+            if not torch.equal(value, theirs[name]):
+                raise ConfigError(f"{folder}: {name} differs from the bundled MiniLM's; only {', '.join(tuned)} "
+                                  "may be tuned in stage one")
+    model.load_state_dict(theirs)
+    state = trained_state(model)
+    for name in state:
+        if name.startswith(tuple(k + "." for k in kept)):
+            half = state[name].half()
+            if not torch.equal(half.float(), state[name]):
+                raise ConfigError(f"{folder}: {name} is not float16-exact (stage one rounds what it tunes)")
+            state[name] = half
+    man = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    extra = {k: v for k, v in man.items() if k not in ("format_version", "mmassist_version", "created", "encoders",
+                                                       "referenced")}
+    save_checkpoint(model, run.tokenizer, cfg, out, run.host, extra=extra, state=state)
 
 
 def _fresh_folder(target: Path) -> Path:
