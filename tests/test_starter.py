@@ -184,7 +184,12 @@ def test_the_starter_is_installed_with_the_package_and_small():
     manifest = json.loads((starter.MODEL_DIR / "manifest.json").read_text())
     cfg = core.FusionConfig.from_file(starter.MODEL_DIR / "config.json")
     assert cfg.encoders["text"].freeze and cfg.encoders["text"].config.get("model_path") is None  # MiniLM referenced
-    assert manifest
+    assert "encoders.text." in manifest["referenced"]
+    # ... but for its top layers, tuned in stage one: saved, in float16
+    tuned = tuple(f"encoders.text.{p}." for p in cfg.encoders["text"].trainable)
+    text = {n: t for n, t in load_file(str(starter.MODEL_DIR / "model.safetensors")).items()
+            if n.startswith("encoders.text.")}
+    assert tuned and text and all(n.startswith(tuned) and t.dtype == torch.float16 for n, t in text.items())
 
 
 def test_the_starter_loads_offline_with_no_network(tmp_path):
