@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from core.config import FusionConfig
+from core.config import FusionConfig, in_part
 from core.errors import ConfigError, MissingPluginError
 from core.host import Host
 
@@ -52,8 +52,7 @@ def _trained_tensors(model) -> list[tuple[str, torch.Tensor]]:
     for name, t in list(model.named_parameters()) + _persistent_buffers(model):
         if id(t) in seen:
             continue
-        if name.startswith(skip) and "lora_" not in name and not any(name == k or name.startswith(k + ".")
-                                                                     for k in kept):
+        if name.startswith(skip) and "lora_" not in name and not any(in_part(name, k) for k in kept):
             continue
         seen.add(id(t))
         out.append((name, t))

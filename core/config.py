@@ -28,6 +28,11 @@ from fusion.config import FusionModuleConfig, check_modality_name
 TASKS = ("chat", "caption", "vqa", "classification")
 
 
+def in_part(name: str, part: str) -> bool:
+    """Whether the parameter ``name`` is ``part`` or lies inside it (``part.``...)."""
+    return name == part or name.startswith(part + ".")
+
+
 @dataclass
 class EncoderConfig:
     """One modality's encoder: a registered encoder name and its own config values."""
@@ -55,7 +60,7 @@ class EncoderConfig:
 
     def trains(self, name: str) -> bool:
         """Whether the encoder's parameter ``name`` is trained: not frozen, or named in :attr:`trainable`."""
-        return not self.freeze or any(name == p or name.startswith(p + ".") for p in self.trainable)
+        return not self.freeze or any(in_part(name, p) for p in self.trainable)
 
 
 @dataclass

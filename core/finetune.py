@@ -38,7 +38,7 @@ from core.assistant import Assistant, autocast, resolve_dtype
 from core.callbacks import TrainerCallback, TrainerControl, TrainerState
 from core.checkpoint import (load_initial_weights, load_weights, model_folder, read_checkpoint, recover_checkpoint,
                              save_checkpoint, trained_state)
-from core.config import FusionConfig
+from core.config import FusionConfig, in_part
 from core.data import Example, load_splits
 from core.errors import ConfigError, DataFormatError, MMAssistError
 from core.feature_cache import FeatureCache
@@ -167,7 +167,7 @@ def apply_freezing(model: MultimodalModel, cfg: FusionConfig) -> None:
         if enc.freeze:
             named = list(model.encoders[m].named_parameters())
             for prefix in enc.trainable:
-                if not any(n == prefix or n.startswith(prefix + ".") for n, _ in named):
+                if not any(in_part(n, prefix) for n, _ in named):
                     parts = sorted({".".join(n.split(".")[:-1]) for n, _ in named})
                     raise ConfigError(f"encoders.{m}.trainable: {prefix!r} names no parameter of {enc.name}; "
                                       f"its parts include {', '.join(parts[-4:])}")
@@ -182,7 +182,7 @@ def apply_freezing(model: MultimodalModel, cfg: FusionConfig) -> None:
             lm_head.requires_grad_(False)
     names = [n for n, _ in model.named_parameters()]
     for prefix in cfg.training.freeze:
-        hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        hits = [n for n in names if in_part(n, prefix)]
         if not hits:
             parts = sorted({".".join(n.split(".")[:3]) for n in names if n.startswith(("fusion", "head"))})
             raise ConfigError(f"training.freeze: {prefix!r} names no part of the model; parts include "

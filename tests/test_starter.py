@@ -72,9 +72,6 @@ def test_the_recipe_trains_end_to_end_and_installs(small_data, tmp_path):
 def test_stage_one_teaches_the_backbone_and_saves_timm_weights(small_data, tmp_path):
     """The backbone pretraining fits the training labels (its loss falls) and writes weights that the
     image plugin loads as checkpoint_path, tensor for tensor."""
-    import torch
-    from safetensors.torch import load_file
-
     from core.starter.backbone import pretrain_backbone
     from plugins.image import TimmImageConfig, TimmImageEncoder
 
@@ -96,9 +93,6 @@ def test_video_stage_one_starts_from_the_image_backbone_and_learns_the_direction
     """Stage one for video: the frame backbone starts from the image stage one's weights, learns the
     clips' direction, shape and colour, and saves weights the video plugin loads as checkpoint_path."""
     import copy
-
-    import torch
-    from safetensors.torch import load_file
 
     from core.configs import from_dict
     from core.starter.backbone import pretrain_backbone, pretrain_video_backbone
@@ -131,8 +125,6 @@ def test_text_stage_one_tunes_the_top_layers_only_and_rounds_them_to_float16(sma
     """Stage one for text: the top layer of the bundled MiniLM learns the training sentiment turns (its
     loss falls); the folder it writes loads as the text plugin's model_path, differs from MiniLM in that
     layer only, and holds float16-exact values there (the installed starter stores them as float16)."""
-    import torch
-
     from core.starter.backbone import pretrain_text_encoder
     from plugins.text import HFTextConfig, HFTextEncoder
 
@@ -237,7 +229,6 @@ def test_examples_are_re_picked_from_what_a_model_answers(assistant, small_data,
 def test_the_shipped_image_encoder_tells_pictures_apart(assistant):
     """Guards against the collapse the first starter shipped with: its image tokens were nearly the same
     for every picture (median 0.015 of their norm away from the median token of their position)."""
-    import torch
     from PIL import Image
 
     root = bundled.build_all(bundled.default_root())

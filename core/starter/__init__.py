@@ -183,8 +183,9 @@ def install_model(run_dir: str | Path, target: Path = MODEL_DIR) -> Path:
     encoder's tuned layers (in float16), the rest of it referenced as the bundled all-MiniLM-L6-v2."""
     run_dir = Path(run_dir)
     tmp = _fresh_folder(target)
-    if _tuned_text_encoder(run_dir) is not None:
-        _fold_text_stage_one(run_dir, tmp)
+    text_folder = _tuned_text_encoder(run_dir)
+    if text_folder is not None:
+        _fold_text_stage_one(run_dir, text_folder, tmp)
     else:
         for name in MODEL_FILES:
             if (run_dir / name).is_file():
@@ -205,20 +206,20 @@ def _tuned_text_encoder(run_dir: Path) -> Path | None:
     return None
 
 
-def _fold_text_stage_one(run_dir: Path, out: Path) -> None:
-    """Write the model of ``run_dir``, whose text encoder is a stage-one folder, into ``out`` as a model
-    whose text encoder is the bundled MiniLM with the tuned layers ``trainable`` (so saved in
+def _fold_text_stage_one(run_dir: Path, folder: Path, out: Path) -> None:
+    """Write the model of ``run_dir``, whose text encoder is the stage-one folder ``folder``, into ``out``
+    as a model whose text encoder is the bundled MiniLM with the tuned layers ``trainable`` (so saved in
     ``model.safetensors``, as float16) and frozen: the same weights, without the 90 MB folder."""
     import dataclasses
 
     import torch
 
     from core.assistant import Assistant
-    from core.checkpoint import save_checkpoint, trained_state
+    from core.checkpoint import manifest, save_checkpoint, trained_state
+    from core.config import in_part
     from core.errors import ConfigError
     from core.model import MultimodalModel
 
-    folder = _tuned_text_encoder(run_dir)
     tuned = json.loads((folder.parent / backbone.TEXT_REPORT).read_text(encoding="utf-8"))["tuned"]
     run = Assistant.from_pretrained(run_dir, device="cpu", dtype=torch.float32)
     text = run.cfg.encoders["text"]
@@ -227,24 +228,27 @@ def _fold_text_stage_one(run_dir: Path, out: Path) -> None:
         **run.cfg.encoders, "text": dataclasses.replace(text, config=config, freeze=True, trainable=tuned)})
     model = MultimodalModel(cfg, run.host, run.tokenizer)
     theirs = run.model.state_dict()
-    ours = model.state_dict()
     kept = [f"encoders.text.{t}" for t in tuned]
-    for name, value in ours.items():  # the untuned text layers must be the bundled MiniLM's
-        if name.startswith("encoders.text.") and not name.startswith(tuple(k + "." for k in kept)):
+
+    def is_tuned(name: str) -> bool:
+        return any(in_part(name, k) for k in kept)
+
+    for name, value in model.state_dict().items():  # the untuned text layers must be the bundled MiniLM's
+        if name.startswith("encoders.text.") and not is_tuned(name):
             if not torch.equal(value, theirs[name]):
                 raise ConfigError(f"{folder}: {name} differs from the bundled MiniLM's; only {', '.join(tuned)} "
                                   "may be tuned in stage one")
     model.load_state_dict(theirs)
     state = trained_state(model)
     for name in state:
-        if name.startswith(tuple(k + "." for k in kept)):
+        if is_tuned(name):
             half = state[name].half()
             if not torch.equal(half.float(), state[name]):
                 raise ConfigError(f"{folder}: {name} is not float16-exact (stage one rounds what it tunes)")
             state[name] = half
-    man = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    extra = {k: v for k, v in man.items() if k not in ("format_version", "mmassist_version", "created", "encoders",
-                                                       "referenced")}
+    ours = manifest(model, cfg, run.host)  # what save_checkpoint writes anew; the run's extra entries are kept
+    extra = {k: v for k, v in json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")).items()
+             if k not in ours}
     save_checkpoint(model, run.tokenizer, cfg, out, run.host, extra=extra, state=state)
 
 

@@ -281,6 +281,7 @@ def pretrain_text_encoder(text_config: dict, data_root: str | Path, out: str | P
 
     :return: the model folder.
     """
+    from core.config import in_part
     from core.configs import from_dict
     from core.hf import quiet_transformers
     from plugins.text import HFTextConfig, HFTextEncoder
@@ -292,7 +293,7 @@ def pretrain_text_encoder(text_config: dict, data_root: str | Path, out: str | P
     blocks = _encoder_layers(encoder.model)
     tuned = [f"model.{name}" for name, _ in blocks[-layers:]]
     for name, p in encoder.named_parameters():
-        p.requires_grad = any(name.startswith(t + ".") for t in tuned)
+        p.requires_grad = any(in_part(name, t) for t in tuned)
     head = torch.nn.Linear(encoder.output_dim, len(SENTIMENT_LABELS))
     texts, labels = _sentiment_turns(root, "train")
     val_texts, val_labels = _sentiment_turns(root, "validation")
