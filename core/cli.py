@@ -78,10 +78,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                   batch_size=args.batch_size, progress=progress)
         print(file=sys.stderr)
         if args.json:
-            print(json.dumps({t: {"score": s.score, "correct": s.correct, "total": s.total}
+            print(json.dumps({t: {"score": s.score, "correct": s.correct, "total": s.total,
+                                  **({"questions": s.questions} if args.by_question and s.questions else {})}
                               for t, s in scores.items()}, indent=2))
         else:
-            print(starter.report(scores))
+            print(starter.report(scores, by_question=args.by_question))
         return 0
     metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=2))
@@ -192,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("validation", "test"), help="bundled mix split (no data file)")
     p.add_argument("--limit", type=int, help="bundled mix: score only the first N records")
     p.add_argument("--json", action="store_true", help="bundled mix: print JSON instead of a table")
+    p.add_argument("--by-question", action="store_true",
+                   help="bundled mix: also score shape questions per kind of question (where is the <shape>?, ...)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train-starter", help="rebuild the starter model from scratch (CPU is enough)")

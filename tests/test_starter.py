@@ -248,12 +248,34 @@ def test_the_examples_cover_images_a_video_and_text():
 
 def test_eval_command_scores_the_starter_per_task():
     env = {**os.environ, "MMASSIST_DATA_DIR": os.environ.get("MMASSIST_DATA_DIR", str(bundled.default_root()))}
-    out = subprocess.run([sys.executable, "-m", "core.cli", "eval", "starter", "--limit", "24", "--json"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "core.cli", "eval", "starter", "--limit", "24", "--json",
+                          "--by-question"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     scores = json.loads(out.stdout)
     assert sum(s["total"] for s in scores.values()) == 24
     assert set(scores) <= set(starter.TASKS)
+    # The first 24 held-out records hold 4 shape questions (the test split is fixed): each counted once,
+    # under its kind of question.
+    questions = scores["shapes_qa"]["questions"]
+    assert sum(total for _, total in questions.values()) == scores["shapes_qa"]["total"] == 4
+    assert sum(right for right, _ in questions.values()) == scores["shapes_qa"]["correct"]
+    assert all("<" in q and not any(c in q for c in ("red", "green", "circle", "square")) for q in questions
+               if not q.startswith("How many")), questions
+
+
+def test_shape_questions_are_reported_per_kind_of_question():
+    from core.bundled.shapes import question_template
+
+    assert question_template("Where is the red circle?") == "Where is the <colour> <shape>?"
+    assert question_template("Where is the triangle?") == "Where is the <shape>?"
+    assert {question_template(f"What shape is {c}?") for c in
+            ("at the top left", "in the center", "on the right", "at the bottom")} == {"What shape is <cell>?"}
+    assert question_template("How many shapes are there?") == "How many shapes are there?"
+    scores = {"shapes_qa": starter.TaskScore("shapes_qa", 3, 5, {"Where is the <shape>?": [1, 3],
+                                                                 "Is there a <shape>?": [2, 2]})}
+    table = starter.report(scores, by_question=True)
+    assert table.index("| Where is the <shape>? | 0.333 | 1 / 3 |") < table.index("| Is there a <shape>? | 1.000 | 2 / 2 |")
+    assert "<shape>" not in starter.report(scores)
 
 
 def test_the_web_app_answers_with_the_starter_by_default(tmp_path):

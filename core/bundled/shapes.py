@@ -9,6 +9,7 @@ repeats a training scene (each part of it does, in other combinations).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -171,6 +172,16 @@ def _count(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
 
 def _pick(options: list[tuple[str, str]], rng: random.Random) -> tuple[str, str] | None:
     return rng.choice(options) if options else None
+
+
+def question_template(question: str) -> str:
+    """A shape question with its colour, shape and cell replaced by placeholders, so answers can be
+    counted per kind of question: ``Where is the red circle?`` -> ``Where is the <colour> <shape>?``,
+    ``What shape is at the top left?`` -> ``What shape is <cell>?``."""
+    words = re.sub(r"\b(%s)\b" % "|".join(COLOURS), "<colour>", question)
+    words = re.sub(r"\b(%s)\b" % "|".join(KINDS), "<shape>", words)
+    cells = sorted({cell_phrase(r, c) for r in range(3) for c in range(3)}, key=len, reverse=True)
+    return re.sub("|".join(re.escape(c) for c in cells), "<cell>", words)
 
 
 def _colour_questions(scene: Scene) -> list[tuple[str, str]]:

@@ -27,7 +27,7 @@ import copy
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -336,6 +336,8 @@ class TaskScore:
     task: str
     correct: int
     total: int
+    # Shape questions per kind of question (``core.bundled.shapes.question_template``): [correct, total].
+    questions: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -356,6 +358,7 @@ def evaluate(model: str | Path = NAME, *, split: str = "test", data_root: str | 
 
     from core import bundled
     from core.assistant import Assistant
+    from core.bundled.shapes import question_template
     from core.config import DataConfig, TaskConfig
     from core.data import load_examples
     from core.finetune import encode_example
@@ -378,17 +381,28 @@ def evaluate(model: str | Path = NAME, *, split: str = "test", data_root: str | 
             task = task_of(rid, question)
             reference = next(m["content"] for m in reversed(ex.messages) if m["role"] == "assistant")
             s = scores.setdefault(task, TaskScore(task, 0, 0))
+            right = int(answer.strip() == reference.strip())
             s.total += 1
-            s.correct += int(answer.strip() == reference.strip())
+            s.correct += right
+            if task == "shapes_qa":
+                tally = s.questions.setdefault(question_template(question), [0, 0])
+                tally[0] += right
+                tally[1] += 1
         if progress is not None:
             progress(min(start + batch_size, len(examples)), len(examples))
     return {t: scores[t] for t in TASKS if t in scores}
 
 
-def report(scores: dict[str, TaskScore]) -> str:
-    """A Markdown table of per-task scores, with the targets."""
+def report(scores: dict[str, TaskScore], *, by_question: bool = False) -> str:
+    """A Markdown table of per-task scores, with the targets; ``by_question`` adds one of the shape
+    questions per kind of question, worst first."""
     lines = ["| task | score | correct / total | target |", "| --- | ---: | ---: | ---: |"]
     for task, s in scores.items():
         target = f"{TARGETS[task]:.2f}" if task in TARGETS else ""
         lines.append(f"| {TASKS[task]} | {s.score:.3f} | {s.correct} / {s.total} | {target} |")
+    questions = scores["shapes_qa"].questions if by_question and "shapes_qa" in scores else {}
+    if questions:
+        lines += ["", "| shape question | score | correct / total |", "| --- | ---: | ---: |"]
+        for template, (right, total) in sorted(questions.items(), key=lambda kv: (kv[1][0] / kv[1][1], kv[0])):
+            lines.append(f"| {template} | {right / total:.3f} | {right} / {total} |")
     return "\n".join(lines)
