@@ -394,8 +394,8 @@ def evaluate(model: str | Path = NAME, *, split: str = "test", data_root: str | 
 
 
 def report(scores: dict[str, TaskScore], *, by_question: bool = False) -> str:
-    """A Markdown table of per-task scores, with the targets; ``by_question`` adds one of the shape
-    questions per kind of question, worst first."""
+    """A Markdown table of per-task scores, with the targets; ``by_question`` adds a second table, the
+    shape questions scored per kind of question, worst first."""
     lines = ["| task | score | correct / total | target |", "| --- | ---: | ---: | ---: |"]
     for task, s in scores.items():
         target = f"{TARGETS[task]:.2f}" if task in TARGETS else ""
