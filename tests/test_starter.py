@@ -31,6 +31,12 @@ def test_the_recipe_trains_end_to_end_and_installs(small_data, tmp_path):
                            "training.save_every": None, "training.eval_generate": 2,
                            "generation.max_new_tokens": 4, "data.test": None})
     assert res.output_dir == tmp_path / "run" / "model"
+    chat = tmp_path / "run" / "chat"  # stage two, the chat run; stage three, the binding run, starts from it
+    assert (chat / "final_metrics.json").is_file() and (chat / "model.safetensors").is_file()
+    events = [json.loads(line) for line in (res.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "init_from" and e["path"] == str(chat) for e in events)
+    stage_three = core.FusionConfig.from_file(res.output_dir / "config.json")
+    assert stage_three.data.train == str(small_data / starter.BINDING_FILE)
     tok = json.loads((tmp_path / "run" / "tokenizer" / "tokenizer.json").read_text())
     assert len(tok["model"]["merges"]) > 100  # BPE learned on the mix, not bytes only
     cfg = core.FusionConfig.from_file(res.output_dir / "config.json")
@@ -67,6 +73,34 @@ def test_the_recipe_trains_end_to_end_and_installs(small_data, tmp_path):
     assert sum(s.total for s in scores.values()) == 12
     assert set(scores) <= set(starter.TASKS)
     assert "| task | score |" in starter.report(scores)
+
+
+def test_the_binding_mix_pairs_each_binding_turn_with_a_mix_record(small_data):
+    """Stage three's file: every "where is ...?" / "is there a ...?" turn of the training shape records, alone
+    with its picture, and as many records of the training mix; media paths as in the mix (beside it)."""
+    from core.bundled.common import plain_question, read_jsonl
+    from core.data import load_examples
+
+    mix = list(read_jsonl(small_data / "mix_train.jsonl"))
+    turns = [(rec["image"], plain_question(q["value"]), a["value"]) for rec in mix if rec["id"].startswith("shapes-")
+             for q, a in zip(rec["conversations"][::2], rec["conversations"][1::2])
+             if plain_question(q["value"]).startswith(starter.BINDING_QUESTIONS)]
+    assert any(q.startswith("Where is") for _, q, _ in turns) and any(q.startswith("Is there") for _, q, _ in turns)
+    path = starter.binding_mix(small_data)
+    assert path == small_data / starter.BINDING_FILE
+    records = list(read_jsonl(path))
+    binding = [r for r in records if "-binding-" in r["id"]]
+    assert sorted((r["image"], plain_question(r["conversations"][0]["value"]), r["conversations"][1]["value"])
+                  for r in binding) == sorted(turns)
+    assert all(len(r["conversations"]) == 2 and r["conversations"][0]["value"].startswith("<image>\n")
+               for r in binding)
+    replay = [r for r in records if "-binding-" not in r["id"]]
+    by_id = {r["id"]: r for r in mix}
+    assert len(replay) == len(binding) and all(by_id[r["id"]] == r for r in replay)
+    assert {r["id"].split("-")[0] for r in replay} > {"shapes"}  # every task, not only shapes
+    assert path.read_text() == starter.binding_mix(small_data).read_text()  # a fixed seed: the same file
+    cfg = starter.recipe(small_data)  # it loads as training data, media found beside it
+    assert len(load_examples(path, cfg.task, cfg.data)) == len(records)
 
 
 def test_stage_one_teaches_the_backbone_and_saves_timm_weights(small_data, tmp_path):
