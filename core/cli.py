@@ -102,8 +102,8 @@ def cmd_train_starter(args: argparse.Namespace) -> int:
     start = time.time()
     print("stage one: pretraining the image and video backbones and tuning the text encoder's top layers on the "
           "training labels (about 8 minutes); "
-          "stage two: the multi-task chat run (about an hour); stage three: a binding run from it (about 20 "
-          "minutes)", flush=True)
+          "stage two: the multi-task chat run (about an hour); stage three: a binding run from it (about half an "
+          "hour)", flush=True)
     res = starter.train(args.output_dir, install=args.install, callbacks=[ProgressPrinter()], **overrides)
     print(f"trained in {(time.time() - start) / 60:.1f} min; model in {res.output_dir}")
     if args.install:

@@ -37,6 +37,8 @@ def test_the_recipe_trains_end_to_end_and_installs(small_data, tmp_path):
     assert any(e.get("event") == "init_from" and e["path"] == str(chat) for e in events)
     stage_three = core.FusionConfig.from_file(res.output_dir / "config.json")
     assert stage_three.data.train == str(small_data / starter.BINDING_FILE)
+    assert stage_three.training.lr == starter.BINDING_OVERRIDES["training.lr"]  # its own, where not overridden
+    assert stage_three.training.max_steps == 2 and stage_three.training.batch_size == 4
     tok = json.loads((tmp_path / "run" / "tokenizer" / "tokenizer.json").read_text())
     assert len(tok["model"]["merges"]) > 100  # BPE learned on the mix, not bytes only
     cfg = core.FusionConfig.from_file(res.output_dir / "config.json")
@@ -333,9 +335,9 @@ def test_the_web_app_answers_with_the_starter_by_default(tmp_path):
 
 
 def test_a_follow_up_question_in_the_same_chat(assistant):
-    """The picture of the first turn still answers a question two turns later (README: 60 of 60 held-out
-    digits; 0.33 for the starter trained on single-turn chats only): at least 27 of 30 here, chance being
-    3, then the chat goes on."""
+    """The picture of the first turn still answers a question two turns later: at least 27 of 30 held-out
+    digits (a starter trained on single-turn chats only got a third of them), chance being 3, then the
+    chat goes on."""
     root = bundled.build_all(bundled.default_root())
     digits = [json.loads(line) for line in open(root / "mix_test.jsonl", encoding="utf-8")]
     digits = [r for r in digits if r["id"].startswith("digits-") and "-caption-" not in r["id"]][:30]

@@ -66,7 +66,7 @@ TEXT_LAYERS = 3
 BINDING_QUESTIONS = ("Where is the ", "Is there a ")
 BINDING_FILE = "starter_binding_train.jsonl"
 BINDING_SEED = 15
-BINDING_OVERRIDES = {"training.max_steps": 2000, "training.lr": 5.0e-4, "training.warmup_ratio": 0.05,
+BINDING_OVERRIDES = {"training.max_steps": 3000, "training.lr": 5.0e-4, "training.warmup_ratio": 0.05,
                      "training.eval_every": 1000}
 
 # Held-out figures are reported per task; a record's task is read from its id.
@@ -150,7 +150,8 @@ def train(out: str | Path, *, data_root: str | Path | None = None, install: bool
 
     :param out: the run folder; the trained model is ``out/model``.
     :param small: train on the small builds of the bundled data (for tests).
-    :param overrides: recipe fields to replace, by dotted name (``**{"training.epochs": 1}``).
+    :param overrides: recipe fields to replace, by dotted name (``**{"training.epochs": 1}``), in every
+        stage; in the binding run they also replace :data:`BINDING_OVERRIDES` (not its ``data.train``).
     :return: the :class:`core.finetune.FinetuneResult`.
     """
     from core import bundled
@@ -184,7 +185,7 @@ def train(out: str | Path, *, data_root: str | Path | None = None, install: bool
         finetune(cfg, output_dir=chat_dir, callbacks=callbacks, **overrides)
     chat_time = time.time() - start - stage_one
     binding = binding_mix(root)
-    stage_three = {**overrides, **BINDING_OVERRIDES, "data.train": str(binding)}
+    stage_three = {**BINDING_OVERRIDES, **overrides, "data.train": str(binding)}
     if small:
         stage_three["training.max_steps"] = 2
     result = finetune(cfg, output_dir=out / "model", callbacks=callbacks, init_from=chat_dir, **stage_three)
