@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from core.bundled.common import plain_question
+from core.bundled.common import llava_record, plain_question, read_jsonl, write_jsonl
 from core.checkpoint import without_initial_weights
 from core.config import FusionConfig
 from core.errors import MMAssistError
@@ -204,7 +204,7 @@ def binding_mix(root: str | Path, seed: int = BINDING_SEED) -> Path:
     training mix (every task, as they are), shuffled with ``seed``. Written beside the mix, whose media paths
     it shares."""
     root = Path(root)
-    mix = [json.loads(line) for line in (root / "mix_train.jsonl").read_text(encoding="utf-8").splitlines()]
+    mix = read_jsonl(root / "mix_train.jsonl")
     turns = []
     for rec in mix:
         if "image" not in rec or not rec["id"].startswith("shapes-"):
@@ -213,14 +213,14 @@ def binding_mix(root: str | Path, seed: int = BINDING_SEED) -> Path:
         for i in range(0, len(conv) - 1, 2):
             question = plain_question(conv[i]["value"])
             if question.startswith(BINDING_QUESTIONS):
-                turns.append({"id": f"{rec['id']}-binding-{i // 2}", "image": rec["image"], "conversations": [
-                    {"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": conv[i + 1]["value"]}]})
+                turns.append(llava_record(f"{rec['id']}-binding-{i // 2}", question, conv[i + 1]["value"],
+                                          {"image": rec["image"]}))
     rng = random.Random(seed)
     records = turns + rng.sample(mix, min(len(turns), len(mix)))
     rng.shuffle(records)
     target = root / BINDING_FILE
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    write_jsonl(tmp, records)
     os.replace(tmp, target)
     return target
 
