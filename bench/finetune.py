@@ -67,9 +67,9 @@ def our_steps(model, processor, cfg, train, seq_lengths, *, feature_cache: bool,
               dtype=torch.float32) -> Iterator[int]:
     """Train as ``core.finetune`` does; after each step yield the tokens of the padded batch
     (``seq_lengths``: each example's length with its image tokens, as the decoder sees it)."""
-    from core.assistant import autocast
-    from core.feature_cache import FeatureCache
-    from core.finetune import apply_freezing, epoch_batches, lr_lambda, param_groups
+    from mmassist.core.runtime.assistant import autocast
+    from mmassist.core.runtime.feature_cache import FeatureCache
+    from mmassist.core.training.finetune import apply_freezing, epoch_batches, lr_lambda, param_groups
 
     t = cfg.training
     lengths = [len(e.input_ids) for e in train]  # what core.finetune groups by
@@ -111,7 +111,7 @@ def llava_inputs(encoded, image_id: int, image_tokens: int, pad_id: int) -> dict
 def llava_steps(llava, rows: list[dict], pixels: torch.Tensor, batch: int, seed: int, pad_id: int,
                 epochs: int = EPOCHS, device="cpu", dtype=torch.float32) -> Iterator[int]:
     """A plain loop: shuffled batches padded to their longest row; yield the padded batch's tokens."""
-    from core.assistant import autocast
+    from mmassist.core.runtime.assistant import autocast
 
     params = [p for p in llava.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=_is_cuda(device))
@@ -166,7 +166,7 @@ def interleave(runs: dict[str, Iterator[int]], device="cpu") -> dict[str, dict[s
 
 
 def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Section:
-    from core.processor import Processor
+    from mmassist.core.runtime.processor import Processor
 
     s = QUICK if quick else (GPU if _is_cuda(device) else FULL)
     section = Section("finetune", f"Fine-tuning, {EPOCHS} epochs: ours (core.finetune steps) vs transformers LLaVA")

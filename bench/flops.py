@@ -59,9 +59,9 @@ def model_flops(decoder, tokens: int, seq: int) -> float:
 
 
 def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Section:
-    from core.assistant import autocast
-    from core.finetune import param_groups
-    from core.processor import Processor
+    from mmassist.core.runtime.assistant import autocast
+    from mmassist.core.training.finetune import param_groups
+    from mmassist.core.runtime.processor import Processor
 
     cuda = str(device).startswith("cuda")
     s = QUICK if quick else (GPU if cuda else FULL)

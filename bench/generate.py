@@ -44,7 +44,7 @@ PROMPT = "What is in this picture? Describe the shapes, their colours and where 
 
 
 def build(s: Setup, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    import core
+    from mmassist import core
 
     cfg = fusion_config({"image": {"name": "image/timm", "config": {"model_name": s.image_model,
                                                                      "image_size": s.image_size}}},
@@ -57,7 +57,7 @@ def build(s: Setup, device: str = "cpu", dtype: torch.dtype = torch.float32):
 
 def _measure(asst, picture, n: int, repeats: int) -> dict[str, float]:
     """Median seconds of: chat (whole, streamed) for n and 1 tokens, embed, raw generate for n and 1."""
-    from core.assistant import autocast
+    from mmassist.core.runtime.assistant import autocast
 
     model, decoder = asst.model, asst.model.decoder
     conv = asst.processor.conversation(PROMPT, {"image": [picture]})

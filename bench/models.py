@@ -19,7 +19,7 @@ def fusion_config(encoders: dict[str, Any], decoder: dict[str, Any], *, projecto
                   llava_like: bool = True, **sections: Any):
     """A FusionConfig with a byte tokenizer; ``llava_like``: no modality or temporal embeddings, so
     that the fused model computes exactly what LLaVA does."""
-    import core
+    from mmassist import core
 
     fusion = {"projector": projector or {"kind": "mlp"}}
     if llava_like:
@@ -34,8 +34,8 @@ def fusion_config(encoders: dict[str, Any], decoder: dict[str, Any], *, projecto
 
 def build_model(cfg, seed: int = 0):
     """(MultimodalModel, tokenizer) for ``cfg``, built offline with a fixed seed."""
-    import core
-    from core.model import MultimodalModel, build_tokenizer_for
+    from mmassist import core
+    from mmassist.core.runtime.model import MultimodalModel, build_tokenizer_for
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer_for(cfg)

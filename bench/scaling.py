@@ -45,12 +45,12 @@ PROJECTORS = {"mlp": {"kind": "mlp"},
 
 def _step_fn(s: Setup, frames: int, projector: dict, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """A training step (closure) of a fresh model whose cache holds ``s.batch`` videos of ``frames`` frames."""
-    from core.assistant import autocast
-    from core.encoders import EncoderOutput
-    from core.feature_cache import FeatureCache, content_key
-    from core.finetune import apply_freezing, param_groups
-    from core.media import Media
-    from core.processor import Processor
+    from mmassist.core.runtime.assistant import autocast
+    from mmassist.core.contract.encoders import EncoderOutput
+    from mmassist.core.runtime.feature_cache import FeatureCache, content_key
+    from mmassist.core.training.finetune import apply_freezing, param_groups
+    from mmassist.core.contract.media import Media
+    from mmassist.core.runtime.processor import Processor
 
     video = {"name": "video/decord", "freeze": True,
              # one block is enough: the backbone never runs, its features come from the cache

@@ -88,7 +88,7 @@ def pyav_decode_all(path: str, indices: Sequence[int]) -> np.ndarray:
 
 def pyav_seek(path: str, indices: Sequence[int]) -> np.ndarray:
     """A careful keyframe seek per sampled frame (see the module docstring); indexes the file first."""
-    from plugins.video import index_frames, read_frames
+    from mmassist.plugins.video import index_frames, read_frames
 
     index = index_frames(path)
     return np.stack(list(read_frames(path, indices, index, skip_unneeded=False)))
@@ -102,7 +102,7 @@ def decord_get_batch(path: str, indices: Sequence[int], num_threads: int = 0) ->
 
 
 def _clear_index_cache() -> None:
-    from plugins import video as V
+    from mmassist.plugins import video as V
 
     V._index_frames_cached.cache_clear()
 
@@ -111,8 +111,8 @@ def _clear_index_cache() -> None:
 
 
 def _variants(path: Path, k: int) -> dict[str, Callable[[], torch.Tensor]]:
-    from core.media import Media
-    from plugins import video as V
+    from mmassist.core.contract.media import Media
+    from mmassist.plugins import video as V
 
     media = Media.of(path)
     config = V.DecordVideoConfig(num_frames=k, max_frames=max(k, 32))
@@ -143,7 +143,7 @@ def _profile(path: Path, k: int, repeats: int) -> list[dict[str, Any]]:
     """Where the time of one sampling goes: indexing, decoding (per decoder, per thread count), resizing."""
     import decord
 
-    from plugins.video import index_frames, read_frames, resize_frames, sample_indices
+    from mmassist.plugins.video import index_frames, read_frames, resize_frames, sample_indices
 
     index = index_frames(str(path))
     indices = sample_indices(len(index.pts), index.fps, "uniform", k, max_frames=max(k, 32)).indices
@@ -181,7 +181,7 @@ def run(quick: bool = False) -> Section:
         log("video: writing the 10 s test clip")
         preset = "veryfast" if quick else "medium"
         clip = write_clip(Path(tmp) / "clip.mp4", seconds=10.0, preset=preset)
-        from plugins.video import index_frames
+        from mmassist.plugins.video import index_frames
 
         index = index_frames(str(clip))
         section.note(f"synthetic clip: 10 s, 640x360, 30 fps, H.264 (libx264 {preset}, crf 23, B-frames), "

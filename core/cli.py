@@ -1,6 +1,6 @@
 """The ``mmassist`` command: one entry point, a sub-command per job.
 
-A user's mistake (an :class:`core.MMAssistError`) is printed as one line on stderr and the
+A user's mistake (an :class:`mmassist.core.MMAssistError`) is printed as one line on stderr and the
 command exits with status 2, without a traceback. Anything else is a bug and keeps its traceback.
 """
 
@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 EXIT_USER_ERROR = 2
@@ -25,7 +26,7 @@ def set_offline_defaults() -> None:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     """List the encoders every loaded plugin registered, and the plugins that failed."""
-    import core
+    from mmassist import core
 
     host = core.Host()
     rows = host.describe()
@@ -44,9 +45,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune from a config file, with a progress bar and a line of metrics per evaluation."""
-    from core.callbacks import ProgressPrinter
-    from core.config import FusionConfig
-    from core.finetune import finetune
+    from mmassist.core.training.callbacks import ProgressPrinter
+    from mmassist.core.runtime.config import FusionConfig
+    from mmassist.core.training.finetune import finetune
 
     overrides = dict(parse_assignment(a) for a in args.set)
     res = finetune(FusionConfig.from_file(args.config), output_dir=args.output_dir, callbacks=[ProgressPrinter()],
@@ -66,10 +67,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a saved model on a data file and print the report; with no data file, score it per
     task on the bundled held-out mix (the starter's evaluation)."""
-    from core.finetune import evaluate_checkpoint
+    from mmassist.core.training.finetune import evaluate_checkpoint
 
     if args.data is None:
-        from core import starter
+        from mmassist.core.recipes import starter
 
         def progress(done: int, total: int) -> None:
             print(f"\r{done}/{total} answered", end="", file=sys.stderr, flush=True)
@@ -95,8 +96,8 @@ def cmd_train_starter(args: argparse.Namespace) -> int:
     """Rebuild the starter model from scratch on the bundled data."""
     import time
 
-    from core import starter
-    from core.callbacks import ProgressPrinter
+    from mmassist.core.recipes import starter
+    from mmassist.core.training.callbacks import ProgressPrinter
 
     overrides = dict(parse_assignment(a) for a in args.set)
     start = time.time()
@@ -104,10 +105,13 @@ def cmd_train_starter(args: argparse.Namespace) -> int:
           "training labels (about 8 minutes); "
           "stage two: the multi-task chat run (about an hour); stage three: a binding run from it (about half an "
           "hour)", flush=True)
-    res = starter.train(args.output_dir, install=args.install, callbacks=[ProgressPrinter()], **overrides)
+    if args.install == "user":
+        args.install = str(starter.user_root())
+    res = starter.train(args.output_dir, install=args.install or False, callbacks=[ProgressPrinter()], **overrides)
     print(f"trained in {(time.time() - start) / 60:.1f} min; model in {res.output_dir}")
     if args.install:
-        print(f"installed as the starter: {starter.MODEL_DIR}; its held-out examples re-picked: {starter.EXAMPLES_DIR}")
+        print(f"installed as the starter: {Path(args.install) / 'model'}; its held-out examples re-picked: "
+              f"{Path(args.install) / 'examples'}")
     else:
         print(f"evaluate it: mmassist eval {res.output_dir}; make it the starter: add --install")
     return 0
@@ -115,7 +119,7 @@ def cmd_train_starter(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Answer one prompt, streaming the answer."""
-    from core.assistant import Assistant
+    from mmassist.core.runtime.assistant import Assistant
 
     asst = Assistant.from_pretrained(args.model)
     for piece in asst.chat(args.prompt, images=args.image, videos=args.video, media=args.media, stream=True,
@@ -127,7 +131,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_caption(args: argparse.Namespace) -> int:
     """Caption files, one line each: path TAB caption."""
-    from core.assistant import Assistant
+    from mmassist.core.runtime.assistant import Assistant
 
     asst = Assistant.from_pretrained(args.model)
     for path, caption in zip(args.files, asst.caption(list(args.files))):
@@ -137,7 +141,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Serve the web app (Chat, Caption, Fine-tune, Plugins) until interrupted."""
-    from ui.server import launch
+    from mmassist.ui.server import launch
 
     launch(args.model, host=args.host, port=args.port, auth=args.auth, upload_limit_mb=args.upload_limit_mb,
            runs_dir=args.runs_dir)
@@ -146,8 +150,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def parse_assignment(text: str) -> tuple[str, object]:
     """``training.lr=1e-3`` -> ("training.lr", 0.001); values are read as YAML (numbers, lists, true)."""
-    from core.configs import yaml_load
-    from core.errors import ConfigError
+    from mmassist.core.schema import yaml_load
+    from mmassist.core.errors import ConfigError
 
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -200,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-starter", help="rebuild the starter model from scratch (CPU is enough)")
     p.add_argument("-o", "--output-dir", default="runs/starter", help="run folder (default: runs/starter)")
-    p.add_argument("--install", action="store_true", help="copy the result over the installed starter model")
+    p.add_argument("--install", nargs="?", const="user", metavar="DIR",
+                   help="install the result as the starter: into the user cache (what 'starter' then loads), or "
+                        "into DIR (core/recipes/starter in a checkout replaces the shipped one)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set training.epochs=2 (repeatable)")
     p.set_defaults(func=cmd_train_starter)
@@ -234,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     set_offline_defaults()
     args = build_parser().parse_args(argv)
-    from core.errors import MMAssistError
+    from mmassist.core.errors import MMAssistError
 
     func: Callable[[argparse.Namespace], int] = args.func
     try:

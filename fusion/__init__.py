@@ -7,12 +7,12 @@ Typical use inside the model::
     embeds = splice(decoder.get_input_embeddings()(ids), ids, placeholder_ids, fused)
 """
 
-from fusion.config import PROJECTOR_KINDS, TEMPORAL_KINDS, FusionModuleConfig, ProjectorConfig
-from fusion.embeddings import ModalityEmbedding, TemporalEmbedding, sinusoidal_table
-from fusion.joint import JointFusion
-from fusion.module import FusedItem, FusionModule, make_layout, token_counts
-from fusion.projector import LinearProjector, MLPProjector, PerceiverResampler, ResamplerBlock, build_projector
-from fusion.splice import IGNORE_INDEX, check_token_counts, expand_placeholders, splice
+from mmassist.fusion.config import PROJECTOR_KINDS, TEMPORAL_KINDS, FusionModuleConfig, ProjectorConfig
+from mmassist.fusion.embeddings import ModalityEmbedding, TemporalEmbedding, sinusoidal_table
+from mmassist.fusion.joint import JointFusion
+from mmassist.fusion.module import FusedItem, FusionModule, make_layout, token_counts
+from mmassist.fusion.projector import LinearProjector, MLPProjector, PerceiverResampler, ResamplerBlock, build_projector
+from mmassist.fusion.splice import IGNORE_INDEX, check_token_counts, expand_placeholders, splice
 
 __all__ = [
     "IGNORE_INDEX",

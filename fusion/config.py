@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.configs import check_choice, check_range, from_dict, help_field
-from core.errors import ConfigError
+from mmassist.core.schema import check_choice, check_range, from_dict, help_field
+from mmassist.core.errors import ConfigError
 
 PROJECTOR_KINDS = ("linear", "mlp", "resampler")
 TEMPORAL_KINDS = ("none", "learned", "sinusoidal")

@@ -8,9 +8,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from core.configs import check_choice
-from core.errors import ConfigError
-from fusion.config import TEMPORAL_KINDS, check_modality_name
+from mmassist.core.schema import check_choice
+from mmassist.core.errors import ConfigError
+from mmassist.fusion.config import TEMPORAL_KINDS, check_modality_name
 
 
 class ModalityEmbedding(nn.Module):

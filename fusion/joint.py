@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.errors import ConfigError
+from mmassist.core.errors import ConfigError
 
 
 class JointFusion(nn.Module):

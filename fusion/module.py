@@ -18,12 +18,12 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from core.encoders import EncoderOutput
-from core.errors import ConfigError, UnsupportedInputError
-from fusion.config import FusionModuleConfig, check_modality_name
-from fusion.embeddings import ModalityEmbedding, PositionEmbedding, TemporalEmbedding
-from fusion.joint import JointFusion
-from fusion.projector import build_projector
+from mmassist.core.contract.encoders import EncoderOutput
+from mmassist.core.errors import ConfigError, UnsupportedInputError
+from mmassist.fusion.config import FusionModuleConfig, check_modality_name
+from mmassist.fusion.embeddings import ModalityEmbedding, PositionEmbedding, TemporalEmbedding
+from mmassist.fusion.joint import JointFusion
+from mmassist.fusion.projector import build_projector
 
 Layout = Sequence[Sequence[tuple[str, int]]]
 

@@ -3,7 +3,7 @@
 Every projector has the same forward: ``(features, mask, time_index=None) -> (features, mask,
 time_index)``. Token-preserving projectors (linear, mlp) pass mask and time_index through; the
 resampler returns ``num_latents`` tokens per item, all real, with no time_index (time must be added
-to the features before it, which :class:`fusion.module.FusionModule` does).
+to the features before it, which :class:`mmassist.fusion.module.FusionModule` does).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.errors import ConfigError
-from fusion.config import ProjectorConfig
+from mmassist.core.errors import ConfigError
+from mmassist.fusion.config import ProjectorConfig
 
 ProjectorOutput = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from core.errors import UnsupportedInputError
+from mmassist.core.errors import UnsupportedInputError
 
 IGNORE_INDEX = -100  # labels the loss skips (feature positions)
 
@@ -74,7 +74,7 @@ def expand_placeholders(input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     """Repeat each placeholder token as many times as its item has feature tokens.
 
     ``input_ids`` (B, L) holds one placeholder per item; ``counts[b]`` lists example b's items as
-    (modality, number of tokens), e.g. from :func:`fusion.token_counts`. Returns new (ids, attention
+    (modality, number of tokens), e.g. from :func:`mmassist.fusion.token_counts`. Returns new (ids, attention
     mask, labels) of shape (B, L') with labels -100 on the feature positions; rows that got shorter
     than L' are padded with ``pad_id`` / 0 / -100 on ``padding_side`` ("left" or "right"; by default
     left when the attention mask shows left padding, else right). ``attention_mask=None`` means no
@@ -126,7 +126,7 @@ def splice(input_embeds: torch.Tensor, input_ids: torch.Tensor, placeholder_ids:
     """Return ``input_embeds`` (B, L, D) with the placeholder slots of ``input_ids`` replaced by media tokens.
 
     ``item_tokens[b]`` lists example b's items as (modality, tokens (n, D)), e.g. the output of
-    :class:`fusion.FusionModule`; the ids must already be expanded (n slots per item). Slots are
+    :class:`mmassist.fusion.FusionModule`; the ids must already be expanded (n slots per item). Slots are
     filled in order per modality. Tokens are cast to the embeddings' dtype; gradients flow to both.
     """
     counts = [[(m, int(t.shape[0])) for m, t in items] for items in item_tokens]

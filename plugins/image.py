@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from core.configs import check_range, help_field
-from core.encoders import Encoder, EncoderOutput, EncoderSpec
-from core.errors import ConfigError, PluginError, UndecodableInputError
-from core.hookspecs import hookimpl
-from core.media import PIL_IMAGE_MIME, Media
+from mmassist.core.schema import check_range, help_field
+from mmassist.core.contract.encoders import Encoder, EncoderOutput, EncoderSpec
+from mmassist.core.errors import ConfigError, PluginError, UndecodableInputError
+from mmassist.core.contract.hookspecs import hookimpl
+from mmassist.core.contract.media import PIL_IMAGE_MIME, Media
 
 IMAGE_MIME_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff",
                     PIL_IMAGE_MIME)
@@ -210,6 +210,12 @@ def example_inputs(tmp_dir: Path) -> list[Any]:
     return [png, buf.getvalue(), images[2]]
 
 
+# Config keys that only say where the first weights come from (a local weights file, timm's pretrained
+# flag), with the values that build the encoder without them: a checkpoint holding the trained weights
+# resets them, so it loads on a machine without that file.
+INITIAL_WEIGHTS = {"checkpoint_path": None, "pretrained": False}
+
+
 @hookimpl
 def register_encoders(register):
     register(EncoderSpec(
@@ -221,4 +227,5 @@ def register_encoders(register):
         description="any timm model; tokens from forward_features",
         tiny_config=tiny_config,
         example_inputs=example_inputs,
+        initial_weights=INITIAL_WEIGHTS,
     ))

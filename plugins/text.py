@@ -13,12 +13,12 @@ from typing import Any, Sequence
 
 import torch
 
-from core.configs import check_choice, check_range, help_field
-from core.encoders import Encoder, EncoderOutput, EncoderSpec
-from core.errors import ConfigError, PluginError, UndecodableInputError
-from core.hf import quiet_transformers
-from core.hookspecs import hookimpl
-from core.media import Media
+from mmassist.core.schema import check_choice, check_range, help_field
+from mmassist.core.contract.encoders import Encoder, EncoderOutput, EncoderSpec
+from mmassist.core.errors import ConfigError, PluginError, UndecodableInputError
+from mmassist.core.hf import quiet_transformers
+from mmassist.core.contract.hookspecs import hookimpl
+from mmassist.core.contract.media import Media
 
 TEXT_MIME_TYPES = ("text/plain",)
 

@@ -29,19 +29,19 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from core.configs import check_choice, check_range, help_field
-from core.encoders import Encoder, EncoderOutput, EncoderSpec, pad_sequences
-from core.errors import ConfigError, UndecodableInputError
-from core.hookspecs import hookimpl
-from core.media import Media
-from plugins.image import TimmImageConfig, TimmImageEncoder
+from mmassist.core.schema import check_choice, check_range, help_field
+from mmassist.core.contract.encoders import Encoder, EncoderOutput, EncoderSpec, pad_sequences
+from mmassist.core.errors import ConfigError, UndecodableInputError
+from mmassist.core.contract.hookspecs import hookimpl
+from mmassist.core.contract.media import Media
+from mmassist.core.contract.testing import moving_shapes, write_test_video  # the plugin's example inputs
+from mmassist.plugins.image import INITIAL_WEIGHTS, TimmImageConfig, TimmImageEncoder  # the frame backbone
 
 VIDEO_MIME_TYPES = ("video/mp4", "video/x-matroska", "video/webm", "video/quicktime", "video/x-msvideo")
 SAMPLING_MODES = ("uniform", "fps")
@@ -539,70 +539,6 @@ class DecordVideoEncoder(Encoder):
         return pool_frame_tokens(tokens, self.tokens_per_frame, prefix)
 
 
-# -- test videos --------------------------------------------------------------------------------
-
-_DEFAULT_CODECS = {".mp4": ("libx264", "mpeg4"), ".mov": ("libx264", "mpeg4"), ".mkv": ("libx264", "mpeg4"),
-                   ".webm": ("libvpx-vp9", "libvpx"), ".avi": ("mpeg4",)}
-
-
-def write_test_video(path: str | Path, frames: Any, fps: float = 8.0, codec: str | None = None,
-                     options: dict[str, str] | None = None) -> Path:
-    """Write (F, H, W, 3) uint8 RGB frames as a video file with PyAV; return the path.
-
-    The container follows the file suffix (.mp4, .mkv, .webm, .mov, .avi). ``codec`` defaults to
-    H.264 (libx264, else mpeg4) and, for WebM, VP9 (else VP8). H and W must be even (yuv420p).
-    """
-    import av
-    import numpy as np
-
-    path = Path(path)
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
-        raise ValueError(f"frames must be a non-empty (F, H, W, 3) uint8 array, got {frames.dtype} {frames.shape}")
-    height, width = frames.shape[1:3]
-    if height % 2 or width % 2:
-        raise ValueError(f"frame size {width}x{height} must be even in both directions (yuv420p)")
-    if codec is None:
-        codec = _pick_codec(path.suffix.lower())
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=options or {})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())  # flush
-    return path
-
-
-def _pick_codec(suffix: str) -> str:
-    import av
-
-    for name in _DEFAULT_CODECS.get(suffix, ("libx264", "mpeg4")):
-        try:
-            av.Codec(name, "w")
-            return name
-        except Exception:  # not built into this FFmpeg
-            continue
-    raise ValueError(f"no video encoder for {suffix!r} files in this PyAV build; pass codec=")
-
-
-def moving_shapes(num_frames: int = 16, height: int = 48, width: int = 64, seed: int = 0):
-    """(F, H, W, 3) uint8 frames: a square moving right and a disc moving down on a dark background."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    colours = rng.integers(96, 256, size=(2, 3), dtype=np.uint8)
-    ys, xs = np.mgrid[0:height, 0:width]
-    side, radius = max(2, height // 4), max(2, height // 6)
-    frames = np.full((num_frames, height, width, 3), 24, dtype=np.uint8)
-    for t in range(num_frames):
-        progress = t / max(1, num_frames - 1)
-        x0, y0 = round(progress * (width - side)), (height - side) // 2
-        frames[t, y0:y0 + side, x0:x0 + side] = colours[0]
-        cy, cx = radius + progress * (height - 2 * radius - 1), width / 3
-        frames[t][(ys - cy) ** 2 + (xs - cx) ** 2 <= radius**2] = colours[1]
-    return frames
-
-
 # -- registration -------------------------------------------------------------------------------
 
 
@@ -630,4 +566,5 @@ def register_encoders(register):
         description="decord frames (uniform or fps sampling) through a timm backbone, k x k tokens per frame",
         tiny_config=tiny_config,
         example_inputs=example_inputs,
+        initial_weights=INITIAL_WEIGHTS,
     ))

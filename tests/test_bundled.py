@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import core
-from core import bundled
-from core.bundled import motion, shapes
-from core.bundled.common import SMALL_COUNTS, SPLITS, read_jsonl
-from core.config import DataConfig, TaskConfig
-from core.data import load_examples, load_splits
-from core.errors import DataFormatError, UnknownNameError
+from mmassist import core
+from mmassist.core.recipes import bundled
+from mmassist.core.recipes.bundled import motion, shapes
+from mmassist.core.recipes.bundled.common import SMALL_COUNTS, SPLITS, read_jsonl
+from mmassist.core.runtime.config import DataConfig, TaskConfig
+from mmassist.core.data import load_examples, load_splits
+from mmassist.core.errors import DataFormatError, UnknownNameError
 
 MEDIA_DATASETS = {"shapes": "images", "digits": "images", "motion": "videos"}
 CHAT = TaskConfig(kind="chat")
@@ -408,8 +408,8 @@ def _centroids(frames) -> np.ndarray:
 
 
 def test_motion_videos_decode_and_show_their_direction(root):
-    from core.media import Media
-    from plugins.video import load_video
+    from mmassist.core.contract.media import Media
+    from mmassist.plugins.video import load_video
 
     spec = core.Host(load_entrypoints=False).encoders.get("video/decord")
     config = spec.config_cls(num_frames=motion.NUM_FRAMES, max_frames=motion.NUM_FRAMES, num_threads=1)

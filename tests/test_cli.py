@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import core
+from mmassist import core
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -21,7 +21,7 @@ TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128
 def mmassist(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = dict(os.environ, MMASSIST_NO_PLUGINS="1", PYTHONPATH=str(ROOT))
     env.pop("HF_HUB_OFFLINE", None)  # the command must set it itself
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "mmassist.core", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=300)
 
 
@@ -45,7 +45,7 @@ def test_plugins_lists_the_builtin_encoders():
     (("finetune", "examples/configs/sst2_sentiment.yaml", "--init-from", "no-such-model"), "is not a model folder"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, needle, capsys, monkeypatch):
-    from core.cli import main
+    from mmassist.core.cli import main
 
     monkeypatch.chdir(ROOT)
     assert main(list(args)) == 2

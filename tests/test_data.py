@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.config import DataConfig, TaskConfig
-from core.data import Example, load_examples, load_splits, resolve_media_path, split_examples
-from core.errors import ConfigError, DataFormatError
+from mmassist.core.runtime.config import DataConfig, TaskConfig
+from mmassist.core.data import Example, load_examples, load_splits, resolve_media_path, split_examples
+from mmassist.core.errors import ConfigError, DataFormatError
 
 SST2 = Path(__file__).resolve().parents[2] / "shared/data/sst2"
 MP4_BYTES = b"\x00\x00\x00\x18ftypmp42" + bytes(64)

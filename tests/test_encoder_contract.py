@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import core
-from core.testing import check_encoder
+from mmassist import core
+from mmassist.core.contract.testing import check_encoder
 
 HOST = core.Host()
 
@@ -18,7 +18,7 @@ def test_encoder_contract(name, tmp_path):
 def test_the_contract_catches_a_wrong_output_dim(tmp_path):
     import dataclasses
 
-    from plugins.image import TimmImageEncoder
+    from mmassist.plugins.image import TimmImageEncoder
 
     def lying_build(cfg):
         enc = TimmImageEncoder(cfg)

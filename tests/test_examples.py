@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import core
+from mmassist import core
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"))
 

@@ -15,18 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-import core
-from core.callbacks import TrainerCallback
+from mmassist import core
+from mmassist.core.training.callbacks import TrainerCallback
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 180, 30), "yellow": (230, 220, 20)}
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def host():
-    return core.Host(load_entrypoints=False)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +127,7 @@ def tiny_text_encoder(tmp_path_factory):
     """A two-layer BERT saved as a local Hugging Face folder: a "pretrained" text encoder to reference."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from plugins.text import default_model_path
+    from mmassist.plugins.text import default_model_path
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     tok = AutoTokenizer.from_pretrained(default_model_path())
@@ -333,7 +328,7 @@ def test_init_from_a_model_that_does_not_fit_says_why(captioner, caption_dir, ho
         core.finetune(wider, output_dir=tmp_path / "a", host=host, init_from=captioner)
     with pytest.raises(core.ConfigError, match="is not a model folder"):
         core.finetune(caption_cfg(caption_dir, epochs=1), output_dir=tmp_path / "b", host=host, init_from=tmp_path)
-    from core.tokenizer import build_tokenizer
+    from mmassist.core.runtime.tokenizer import build_tokenizer
 
     other = tmp_path / "tok"
     build_tokenizer(["a red square", "a blue square"] * 50, vocab_size=300).save_pretrained(str(other))
@@ -397,7 +392,7 @@ def _env() -> dict:
 def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(classify_file, host, tmp_path):
     cfg = classify_cfg(classify_file, epochs=6, save_every=2, eval_every=4)
     path = _run_script(tmp_path, cfg, "cfg")
-    cli = [sys.executable, "-m", "core.cli", "finetune", str(path)]
+    cli = [sys.executable, "-m", "mmassist.core", "finetune", str(path)]
     subprocess.run(cli + ["-o", str(tmp_path / "full")], check=True, env=_env(), capture_output=True)
     proc = subprocess.Popen(cli + ["-o", str(tmp_path / "cut")], env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -422,7 +417,7 @@ def one_process_run(classify_file, tmp_path_factory):
     """The reference for the multi-process runs: one process, a batch of 4."""
     tmp = tmp_path_factory.mktemp("one")
     cfg = classify_cfg(classify_file, epochs=2, batch_size=4, eval_every=3, dropout=0.0)
-    subprocess.run([sys.executable, "-m", "core.cli", "finetune", str(_run_script(tmp, cfg, "one")),
+    subprocess.run([sys.executable, "-m", "mmassist.core", "finetune", str(_run_script(tmp, cfg, "one")),
                     "-o", str(tmp / "run")], check=True, env=_env(), capture_output=True)
     return cfg, tmp / "run"
 
@@ -433,7 +428,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(one_process_
     two_cfg = copy.deepcopy(cfg)
     two_cfg["training"].update(batch_size=2, strategy=strategy)  # per process: the same global batch of 4
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                "-m", "core.finetune", str(_run_script(tmp_path, two_cfg, "two")), "-o", str(tmp_path / "two")]
+                "-m", "mmassist.core", "finetune", str(_run_script(tmp_path, two_cfg, "two")), "-o", str(tmp_path / "two")]
     done = subprocess.run(torchrun, env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     host = core.Host(load_entrypoints=False)
@@ -446,7 +441,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(one_process_
 
 
 def test_param_groups_give_per_component_lrs_and_no_decay_on_norms_and_biases(classify_file, host):
-    from core.finetune import apply_freezing, param_groups
+    from mmassist.core.training.finetune import apply_freezing, param_groups
 
     cfg = core.FusionConfig.from_dict(classify_cfg(classify_file, lr=1e-3, lr_fusion=2e-3, lr_head=3e-3))
     cfg = cfg.override(**{"encoders.image.lr": 4e-4, "decoder.lr": 5e-4})

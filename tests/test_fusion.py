@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.configs import from_dict, to_dict
-from core.encoders import EncoderOutput
-from core.errors import ConfigError, UnsupportedInputError
-from fusion import (
+from mmassist.core.schema import from_dict, to_dict
+from mmassist.core.contract.encoders import EncoderOutput
+from mmassist.core.errors import ConfigError, UnsupportedInputError
+from mmassist.fusion import (
     IGNORE_INDEX,
     FusionModule,
     FusionModuleConfig,
@@ -232,7 +232,7 @@ def test_fusion_module_time_and_modality_embeddings_are_used():
 
 
 def test_positions_in_frame_count_within_each_frame():
-    from fusion.embeddings import positions_in_frame
+    from mmassist.fusion.embeddings import positions_in_frame
 
     ti = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2, 2], [5, 5, 6, 6, 7, 7, 0, 0, 0]])
     assert positions_in_frame(ti).tolist() == [[0, 1, 2, 0, 1, 2, 0, 1, 2], [0, 1, 0, 1, 0, 1, 0, 1, 2]]

@@ -9,16 +9,11 @@ import dataclasses
 
 import pytest
 
-import core
-from core.encoders import EncoderSpec
-from plugins.image import TimmImageConfig, TimmImageEncoder
+from mmassist import core
+from mmassist.core.contract.encoders import EncoderSpec
+from mmassist.plugins.image import TimmImageConfig, TimmImageEncoder
 
 BUILTINS = {"text/hf": "text", "image/timm": "image", "video/decord": "video"}
-
-
-@pytest.fixture(scope="module")
-def host():
-    return core.Host(load_entrypoints=False)
 
 
 def test_builtin_encoders_are_registered_with_their_metadata(host):
@@ -31,7 +26,7 @@ def test_builtin_encoders_are_registered_with_their_metadata(host):
         assert spec.mime_types and all(m.startswith(f"{modality}/") for m in spec.mime_types)
         assert row["distribution"] == "mmassist" and row["version"] == core.__version__
         assert dataclasses.is_dataclass(spec.config_cls) and row["config"].endswith(spec.config_cls.__name__)
-        assert spec.plugin.startswith("plugins.")
+        assert spec.plugin.startswith("mmassist.plugins.")
     assert host.failed_plugins == []
 
 
@@ -133,7 +128,7 @@ def test_broken_plugins_are_isolated_and_reported():
     failed = {f.name: f for f in host.failed_plugins}
     assert set(failed) == {"duplicate-plugin", "raising-plugin", "misspelled-plugin"}
     dup = failed["duplicate-plugin"]
-    assert dup.stage == "register" and "plugins.image" in dup.error and "duplicate-plugin" in dup.error
+    assert dup.stage == "register" and "mmassist.plugins.image" in dup.error and "duplicate-plugin" in dup.error
     assert failed["raising-plugin"].stage == "register" and "boom at registration" in failed["raising-plugin"].error
     assert failed["misspelled-plugin"].stage == "validate" and "register_encoder" in failed["misspelled-plugin"].error
     # The host still works.

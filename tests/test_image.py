@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-import core
-from plugins.image import TimmImageConfig, TimmImageEncoder
+from mmassist import core
+from mmassist.plugins.image import TimmImageConfig, TimmImageEncoder
 
 
 def test_cnn_map_becomes_tokens_and_vit_tokens_stay():

@@ -7,9 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-import core
-from core.media import Media, extensions_for, mime_matches, sniff_mime
-from plugins.image import load_image
+from mmassist import core
+from mmassist.core.contract.media import Media, extensions_for, mime_matches, sniff_mime
+from mmassist.plugins.image import load_image
 
 
 def _png_bytes(size=(16, 12)) -> bytes:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from core.metrics import classification_report, cider_d, corpus_bleu, exact_match, normalize_answer, text_report
+from mmassist.core.training.metrics import classification_report, cider_d, corpus_bleu, exact_match, normalize_answer, text_report
 
 LABELS = ["cat", "dog", "bird", "fish"]
 

@@ -9,9 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-import core
-from core.model import placeholder_token
-from fusion import IGNORE_INDEX
+from mmassist import core
+from mmassist.fusion import IGNORE_INDEX
 
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
@@ -39,18 +38,13 @@ def tiny_cfg(decoder="llama", encoders=None, **sections) -> core.FusionConfig:
 
 
 @pytest.fixture(scope="module")
-def host():
-    return core.Host(load_entrypoints=False)
-
-
-@pytest.fixture(scope="module")
 def images():
     return [Image.new("RGB", (48, 40), c) for c in ("red", "blue", "green")]
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    from plugins.video import example_inputs
+    from mmassist.plugins.video import example_inputs
 
     return example_inputs(tmp_path_factory.mktemp("video"))[0]
 
@@ -84,7 +78,7 @@ def test_manifest_records_plugins_and_a_missing_plugin_names_the_distribution(ho
     out = asst.save_pretrained(tmp_path / "ckpt")
     man = json.loads((out / "manifest.json").read_text())
     assert man["format_version"] == 1 and man["mmassist_version"] == core.__version__
-    assert man["encoders"]["image"] == {"name": "image/timm", "plugin": "plugins.image",
+    assert man["encoders"]["image"] == {"name": "image/timm", "plugin": "mmassist.plugins.image",
                                         "distribution": "mmassist", "version": core.__version__}
     man["encoders"]["image"].update(name="image/fancy", distribution="mmassist-fancy", version="1.2")
     (out / "manifest.json").write_text(json.dumps(man))
@@ -140,7 +134,7 @@ def test_frozen_pretrained_parts_are_referenced_not_copied(host, tmp_path):
 
 @pytest.mark.parametrize("decoder", list(TINY_DECODERS))
 def test_kv_cache_generation_equals_no_cache(decoder, host, images):
-    from core.generate import generate_ids
+    from mmassist.core.runtime.generate import generate_ids
 
     asst = build(tiny_cfg(decoder), host)
     convs = [asst.processor.conversation("Describe it in detail.", {"image": images[:1]}),
@@ -161,7 +155,7 @@ def test_greedy_matches_transformers_generate(host, images):
     asst = build(tiny_cfg(), host)
     conv = asst.processor.conversation("Describe.", {"image": images[:1]})
     batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)], padding_side="left")
-    from core.generate import generate_ids
+    from mmassist.core.runtime.generate import generate_ids
 
     ours = torch.stack(list(generate_ids(asst.model, batch, core.GenerationConfig(max_new_tokens=8), eos_ids=[-1])), 1)
     with torch.no_grad():
@@ -193,7 +187,7 @@ def test_sampling_options_and_stop_strings(host, images):
 
 
 def test_top_p_and_top_k_filtering():
-    from core.generate import next_token_logits_processed
+    from mmassist.core.runtime.generate import next_token_logits_processed
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     seen = torch.zeros(1, 1, dtype=torch.long)
@@ -305,7 +299,7 @@ def test_image_video_text_in_one_model_and_one_prompt(host, images, video):
 def test_resampler_keeps_the_sequence_length_constant_as_frames_grow(host, tmp_path):
     import numpy as np
 
-    from plugins.video import write_test_video
+    from mmassist.core.contract.testing import write_test_video
 
     lengths = {}
     for frames in (4, 8, 16):
@@ -353,7 +347,7 @@ def test_numbers_with_an_exponent_are_numbers_in_yaml_configs(tmp_path):
                     "  weight_decay: 1E-2\n  betas: [0.9, 9.99e-1]\n  epochs: 2\n")
     t = core.FusionConfig.from_file(path).training
     assert (t.lr, t.weight_decay, t.betas, t.epochs) == (3e-4, 1e-2, [0.9, 0.999], 2)
-    from core.cli import parse_assignment
+    from mmassist.core.cli import parse_assignment
 
     assert parse_assignment("training.lr=1e-9") == ("training.lr", 1e-9)
     assert parse_assignment("task.prompt=1e-9x") == ("task.prompt", "1e-9x")

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import core
-from core import bundled, starter
+from mmassist import core
+from mmassist.core.recipes import bundled, starter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,8 +80,8 @@ def test_the_recipe_trains_end_to_end_and_installs(small_data, tmp_path):
 def test_the_binding_mix_pairs_each_binding_turn_with_a_mix_record(small_data):
     """Stage three's file: every "where is ...?" / "is there a ...?" turn of the training shape records, alone
     with its picture, and as many records of the training mix; media paths as in the mix (beside it)."""
-    from core.bundled.common import plain_question, read_jsonl
-    from core.data import load_examples
+    from mmassist.core.recipes.bundled.common import plain_question, read_jsonl
+    from mmassist.core.data import load_examples
 
     mix = list(read_jsonl(small_data / "mix_train.jsonl"))
     turns = [(rec["image"], plain_question(q["value"]), a["value"]) for rec in mix if rec["id"].startswith("shapes-")
@@ -108,8 +108,8 @@ def test_the_binding_mix_pairs_each_binding_turn_with_a_mix_record(small_data):
 def test_stage_one_teaches_the_backbone_and_saves_timm_weights(small_data, tmp_path):
     """The backbone pretraining fits the training labels (its loss falls) and writes weights that the
     image plugin loads as checkpoint_path, tensor for tensor."""
-    from core.starter.backbone import pretrain_backbone
-    from plugins.image import TimmImageConfig, TimmImageEncoder
+    from mmassist.core.recipes.starter.backbone import pretrain_backbone
+    from mmassist.plugins.image import TimmImageConfig, TimmImageEncoder
 
     image_config = dict(starter.recipe().encoders["image"].config)
     losses = []
@@ -130,9 +130,9 @@ def test_video_stage_one_starts_from_the_image_backbone_and_learns_the_direction
     clips' direction, shape and colour, and saves weights the video plugin loads as checkpoint_path."""
     import copy
 
-    from core.configs import from_dict
-    from core.starter.backbone import pretrain_backbone, pretrain_video_backbone
-    from plugins.video import DecordVideoConfig, DecordVideoEncoder
+    from mmassist.core.schema import from_dict
+    from mmassist.core.recipes.starter.backbone import pretrain_backbone, pretrain_video_backbone
+    from mmassist.plugins.video import DecordVideoConfig, DecordVideoEncoder
 
     cfg = starter.recipe()
     image_weights = pretrain_backbone(dict(cfg.encoders["image"].config), small_data, tmp_path, steps=2)
@@ -161,8 +161,8 @@ def test_text_stage_one_tunes_the_top_layers_only_and_rounds_them_to_float16(sma
     """Stage one for text: the top layer of the bundled MiniLM learns the training sentiment turns (its
     loss falls); the folder it writes loads as the text plugin's model_path, differs from MiniLM in that
     layer only, and holds float16-exact values there (the installed starter stores them as float16)."""
-    from core.starter.backbone import pretrain_text_encoder
-    from plugins.text import HFTextConfig, HFTextEncoder
+    from mmassist.core.recipes.starter.backbone import pretrain_text_encoder
+    from mmassist.plugins.text import HFTextConfig, HFTextEncoder
 
     losses = []
     folder = pretrain_text_encoder({}, small_data, tmp_path, layers=1, epochs=8, batch_size=8, lr=3e-4,
@@ -197,7 +197,7 @@ def test_records_are_scored_under_their_task(rid, question, task):
 
 # -- the shipped starter ------------------------------------------------------------------------------
 
-EXAMPLES = json.loads((starter.EXAMPLES_DIR / "examples.json").read_text()) if starter.EXAMPLES_DIR.is_dir() else []
+EXAMPLES = json.loads((starter.examples_dir() / "examples.json").read_text()) if starter.examples_dir().is_dir() else []
 
 
 @pytest.fixture(scope="module")
@@ -206,16 +206,16 @@ def assistant():
 
 
 def test_the_starter_is_installed_with_the_package_and_small():
-    assert starter.is_installed(), "core/starter/model is missing: mmassist train-starter --install"
-    size = sum(p.stat().st_size for p in starter.MODEL_DIR.iterdir())
+    assert starter.is_installed(), "no starter model: mmassist train-starter -o runs/starter --install"
+    size = sum(p.stat().st_size for p in starter.model_path().iterdir())
     assert size < 25 * 2**20, f"the shipped starter is {size / 2**20:.1f} MiB"
-    manifest = json.loads((starter.MODEL_DIR / "manifest.json").read_text())
-    cfg = core.FusionConfig.from_file(starter.MODEL_DIR / "config.json")
+    manifest = json.loads((starter.model_path() / "manifest.json").read_text())
+    cfg = core.FusionConfig.from_file(starter.model_path() / "config.json")
     assert cfg.encoders["text"].freeze and cfg.encoders["text"].config.get("model_path") is None  # MiniLM referenced
     assert "encoders.text." in manifest["referenced"]
     # ... but for its top layers, tuned in stage one: saved, in float16
     tuned = tuple(f"encoders.text.{p}." for p in cfg.encoders["text"].trainable)
-    text = {n: t for n, t in load_file(str(starter.MODEL_DIR / "model.safetensors")).items()
+    text = {n: t for n, t in load_file(str(starter.model_path() / "model.safetensors")).items()
             if n.startswith("encoders.text.")}
     assert tuned and text and all(n.startswith(tuned) and t.dtype == torch.float16 for n, t in text.items())
 
@@ -226,7 +226,7 @@ def test_the_starter_loads_offline_with_no_network(tmp_path):
         "import socket\n"
         "def refuse(*a, **k): raise OSError('network access attempted')\n"
         "socket.socket.connect = refuse\nsocket.create_connection = refuse\n"
-        "import core\n"
+        "from mmassist import core\n"
         "asst = core.Assistant.from_pretrained('starter')\n"
         "print(asst.chat('hello').strip())\n"
     )
@@ -242,7 +242,7 @@ def test_the_starter_loads_offline_with_no_network(tmp_path):
 def test_the_starter_answers_held_out_examples(assistant, example):
     media = {}
     if example["file"]:
-        path = str(starter.EXAMPLES_DIR / example["file"])
+        path = str(starter.examples_dir() / example["file"])
         media = {"videos": [path]} if path.endswith(".mp4") else {"images": [path]}
     assert assistant.chat(example["question"], **media).strip() == example["answer"]
 
@@ -279,12 +279,12 @@ def test_the_shipped_image_encoder_tells_pictures_apart(assistant):
 
 def test_the_examples_cover_images_a_video_and_text():
     assert {e["task"] for e in EXAMPLES} >= {"shapes_qa", "digits", "motion_other", "sentiment", "chat"}
-    assert all((starter.EXAMPLES_DIR / e["file"]).is_file() for e in EXAMPLES if e["file"])
+    assert all((starter.examples_dir() / e["file"]).is_file() for e in EXAMPLES if e["file"])
 
 
 def test_eval_command_scores_the_starter_per_task():
     env = {**os.environ, "MMASSIST_DATA_DIR": os.environ.get("MMASSIST_DATA_DIR", str(bundled.default_root()))}
-    out = subprocess.run([sys.executable, "-m", "core.cli", "eval", "starter", "--limit", "24", "--json",
+    out = subprocess.run([sys.executable, "-m", "mmassist.core", "eval", "starter", "--limit", "24", "--json",
                           "--by-question"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     scores = json.loads(out.stdout)
@@ -300,7 +300,7 @@ def test_eval_command_scores_the_starter_per_task():
 
 
 def test_shape_questions_are_reported_per_kind_of_question():
-    from core.bundled.shapes import question_template
+    from mmassist.core.recipes.bundled.shapes import question_template
 
     assert question_template("Where is the red circle?") == "Where is the <colour> <shape>?"
     assert question_template("Where is the triangle?") == "Where is the <shape>?"
@@ -320,8 +320,8 @@ def test_the_web_app_answers_with_the_starter_by_default(tmp_path):
     pytest.importorskip("gradio_client")
     from gradio_client import Client, handle_file
 
-    from ui.app import build_app
-    from ui.testing import serve
+    from mmassist.ui.app import build_app
+    from mmassist.ui.testing import serve
 
     app = build_app(None, runs_dir=tmp_path / "runs")
     assert app.mmassist.store.key(None) == "starter"
@@ -329,7 +329,7 @@ def test_the_web_app_answers_with_the_starter_by_default(tmp_path):
     example = next(e for e in EXAMPLES if e["file"] and e["task"] == "shapes_qa")
     with serve(app) as url:
         client = Client(url, verbose=False)
-        message = {"text": example["question"], "files": [handle_file(str(starter.EXAMPLES_DIR / example["file"]))]}
+        message = {"text": example["question"], "files": [handle_file(str(starter.examples_dir() / example["file"]))]}
         answer = client.predict(message, "", 0.0, 1.0, 32, api_name="/chat")
     assert answer.strip() == example["answer"]
 

@@ -69,9 +69,9 @@ AUDIO_SCRIPT = """
     import json, os, sys
     from pathlib import Path
 
-    import core
+    from mmassist import core
     import mmassist_audio
-    from core.testing import check_encoder
+    from mmassist.core.contract.testing import check_encoder
 
     tmp = Path(sys.argv[1])
     host = core.Host()
@@ -167,14 +167,14 @@ BROKEN_PLUGINS = {
         raise RuntimeError("broken on purpose at import")
     """),
     "mmassist-broken-register": ("broken_register", """
-        import core
+        from mmassist import core
 
         @core.hookimpl
         def register_encoders(register):
             raise RuntimeError("broken on purpose in register_encoders")
     """),
     "mmassist-misspelled-hook": ("misspelled_hook", """
-        import core
+        from mmassist import core
 
         @core.hookimpl
         def register_encoder(register):  # the hook is register_encoders
@@ -183,7 +183,7 @@ BROKEN_PLUGINS = {
     "mmassist-duplicate-image": ("duplicate_image", """
         from dataclasses import dataclass
 
-        import core
+        from mmassist import core
 
         @dataclass
         class DuplicateConfig:
@@ -199,7 +199,7 @@ BROKEN_PLUGINS = {
 GOOD_PLUGIN = ("mmassist-toy", "toy", """
     from dataclasses import dataclass
 
-    import core
+    from mmassist import core
 
     @dataclass
     class ToyConfig:
@@ -215,13 +215,13 @@ EXPECTED_FAILURES = {  # entry-point name -> (stage, words the error must contai
     "broken_import": ("import", ["RuntimeError", "broken on purpose at import"]),
     "broken_register": ("register", ["RuntimeError", "broken on purpose in register_encoders"]),
     "misspelled_hook": ("validate", ["register_encoder"]),
-    "duplicate_image": ("register", ["image/timm", "plugins.image", "duplicate_image", "mmassist-duplicate-image"]),
+    "duplicate_image": ("register", ["image/timm", "mmassist.plugins.image", "duplicate_image", "mmassist-duplicate-image"]),
 }
 
 BROKEN_SCRIPT = """
     import dataclasses, json
 
-    import core
+    from mmassist import core
 
     host = core.Host()
     image = host.encoders.get("image/timm")
@@ -273,7 +273,7 @@ def broken_report(tmp_path_factory) -> dict:
 def test_host_survives_broken_plugins(broken_report):
     assert "image/timm" in broken_report["builtins"]
     assert set(broken_report["builtins"]) <= set(broken_report["names"])
-    assert broken_report["image_owner"] == ["plugins.image", "mmassist"], "the duplicate must not replace it"
+    assert broken_report["image_owner"] == ["mmassist.plugins.image", "mmassist"], "the duplicate must not replace it"
     assert "toy/ok" in broken_report["names"], "a good plugin next to broken ones still loads"
     assert broken_report["still_registered"] == []
     failed_names = [f["name"] for f in broken_report["failed"]]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import core
-from ui.testing import COLOURS, serve, tiny_caption_config, tiny_model
+from mmassist import core
+from mmassist.ui.testing import COLOURS, serve, tiny_caption_config, tiny_model
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -26,11 +26,6 @@ from gradio_client import Client, handle_file  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 UPLOAD_LIMIT_MB = 1
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def host():
-    return core.Host(load_entrypoints=False)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,7 @@ def tiny_model_dir(trained):
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, host, tmp_path_factory):
-    from ui.app import build_app
+    from mmassist.ui.app import build_app
 
     return build_app(str(tiny_model_dir), host=host, upload_limit_mb=UPLOAD_LIMIT_MB,
                      runs_dir=tmp_path_factory.mktemp("runs"))
@@ -72,7 +67,7 @@ def client(url):
 def clip(tmp_path_factory) -> Path:
     import numpy as np
 
-    from plugins.video import moving_shapes, write_test_video
+    from mmassist.core.contract.testing import moving_shapes, write_test_video
 
     folder = tmp_path_factory.mktemp("video")
     return write_test_video(folder / "shapes.mp4", moving_shapes(16, seed=0).astype(np.uint8), fps=8)
@@ -115,7 +110,7 @@ def test_a_chat_turn_with_an_image_streams_the_right_answer_and_a_follow_up_work
 
 
 def test_the_history_keeps_answered_turns_with_their_files_and_drops_failed_ones():
-    from ui.chat import history_turns
+    from mmassist.ui.chat import history_turns
 
     history = [
         {"role": "user", "content": [{"path": "/a.png"}, "what is this?"]},  # as ChatInterface appends it
@@ -263,8 +258,8 @@ def test_a_bad_config_or_dataset_is_a_readable_error(client, squares, tmp_path):
 
 
 def test_the_form_is_built_from_the_config_dataclasses():
-    from core.config import TASKS
-    from ui.forms import field_for, form_fields
+    from mmassist.core.runtime.config import TASKS
+    from mmassist.ui.forms import field_for, form_fields
 
     lr = field_for("training.lr")
     assert (lr.kind, lr.param) == ("float", "training_lr") and "learning rate" in lr.help
@@ -276,7 +271,7 @@ def test_the_form_is_built_from_the_config_dataclasses():
 
 
 def test_uploaded_datasets_are_found_and_unsafe_zips_refused(squares, tmp_path):
-    from ui.datasets import prepare_dataset
+    from mmassist.ui.datasets import prepare_dataset
 
     found = prepare_dataset(zipped(squares, tmp_path / "a.zip"), "", tmp_path / "run1")
     assert Path(found["train"]).name == "squares" and (Path(found["train"]) / "captions.jsonl").is_file()
@@ -308,8 +303,8 @@ def test_the_plugins_tab_lists_encoders_with_types_and_origin(client):
 
 
 def test_an_installed_audio_plugin_makes_audio_attachable_and_broken_plugins_are_listed(monkeypatch):
-    from ui.app import plugin_tables
-    from ui.shared import media_file_types
+    from mmassist.ui.app import plugin_tables
+    from mmassist.ui.shared import media_file_types
 
     monkeypatch.syspath_prepend(str(REPO / "examples" / "mmassist-audio"))
     import mmassist_audio
@@ -326,7 +321,7 @@ def test_an_installed_audio_plugin_makes_audio_attachable_and_broken_plugins_are
 
 
 def test_launch_options_are_local_and_private_by_default():
-    from ui.server import launch_options
+    from mmassist.ui.server import launch_options
 
     opts = launch_options(auth="ann:secret", upload_limit_mb=5)
     assert opts["server_name"] == "127.0.0.1" and opts["share"] is False
@@ -344,7 +339,7 @@ def test_importing_ui_builds_nothing():
 
 
 def test_the_cli_has_a_ui_command():
-    from core.cli import build_parser
+    from mmassist.core.cli import build_parser
 
     args = build_parser().parse_args(["ui", "--port", "7999", "--auth", "a:b", "--upload-limit-mb", "3"])
     assert (args.host, args.port, args.auth, args.upload_limit_mb) == ("127.0.0.1", 7999, "a:b", 3.0)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-import core
-from ui.testing import serve, tiny_caption_config, tiny_model
+from mmassist import core
+from mmassist.ui.testing import serve, tiny_caption_config, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -52,7 +52,7 @@ WATCH_ANSWER = """() => {
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    from ui.app import build_app
+    from mmassist.ui.app import build_app
 
     host = core.Host(load_entrypoints=False)
     squares, model = tiny_model(tmp_path_factory.getbasetemp() / "ui-tiny", host=host)

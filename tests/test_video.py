@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import core
-from core import configs
-from core.testing import check_encoder
-from plugins import video as V
-from plugins.image import TimmImageConfig
-from plugins.video import (
+from mmassist import core
+from mmassist.core import schema
+from mmassist.core.contract.testing import check_encoder
+from mmassist.plugins import video as V
+from mmassist.plugins.image import TimmImageConfig
+from mmassist.plugins.video import (
     DecordVideoConfig,
     DecordVideoEncoder,
     load_video,
@@ -29,11 +29,6 @@ from plugins.video import (
 PANCAKE = Path(__file__).resolve().parents[2] / "shared/data/video/flipping_a_pancake.mkv"
 REPO = Path(__file__).resolve().parents[1]
 NUM_FRAMES = 16
-
-
-@pytest.fixture(scope="module")
-def host():
-    return core.Host(load_entrypoints=False)
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +130,13 @@ def test_config_validation_names_the_field(kwargs, field):
 
 
 def test_every_config_field_has_help():
-    assert all(configs.field_help(DecordVideoConfig).values())
+    assert all(schema.field_help(DecordVideoConfig).values())
 
 
 def test_config_round_trips_and_refuses_unknown_nested_keys(host):
     spec = host.encoders.get("video/decord")
     cfg = DecordVideoConfig(backbone=TimmImageConfig(model_name="test_resnet"), sampling="fps", fps=2.0)
-    data = configs.to_dict(cfg)
+    data = schema.to_dict(cfg)
     assert spec.make_config(data) == cfg
     with pytest.raises(core.ConfigError, match="backbone.bogus"):
         spec.make_config({"backbone": {"bogus": 1}})
@@ -161,7 +156,7 @@ def test_contract(host, tmp_path):
 
 
 def test_importing_the_plugin_loads_no_decoder_or_model_library():
-    code = "import sys, plugins.video; print(sorted({'decord', 'av', 'timm'} & set(sys.modules)))"
+    code = "import sys, mmassist.plugins.video; print(sorted({'decord', 'av', 'timm'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -365,8 +360,8 @@ def test_corrupt_bytes_never_crash_the_process(tmp_path):
     script = textwrap.dedent(f"""
         import random, struct
         from pathlib import Path
-        import core
-        from plugins.video import DecordVideoConfig, load_video
+        from mmassist import core
+        from mmassist.plugins.video import DecordVideoConfig, load_video
         cfg = DecordVideoConfig(num_frames=4, num_threads=1)
         sources = sorted(Path({str(tmp_path)!r}).glob("src.*"))
 

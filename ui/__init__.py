@@ -1,6 +1,6 @@
 """The Gradio web app. Only this package imports gradio, and only when the app is built.
 
-    from ui import build_app, launch
+    from mmassist.ui import build_app, launch
     launch("runs/my-model")                 # or: mmassist ui --model runs/my-model
 """
 
@@ -13,11 +13,11 @@ __all__ = ["build_app", "launch"]
 
 def __getattr__(name: str) -> Any:  # lazy: `import ui` must not import gradio
     if name == "build_app":
-        from ui.app import build_app
+        from mmassist.ui.app import build_app
 
         return build_app
     if name == "launch":
-        from ui.server import launch
+        from mmassist.ui.server import launch
 
         return launch
     raise AttributeError(f"module 'ui' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """The Gradio app: Chat, Caption, Fine-tune and Plugins tabs, built by :func:`build_app`.
 
 Only the ``ui`` package imports gradio, and only when an app is built: the logic behind the tabs
-lives in plain modules (:mod:`ui.chat`, :mod:`ui.caption`, :mod:`ui.finetune_job`...) that work
+lives in plain modules (:mod:`mmassist.ui.chat`, :mod:`mmassist.ui.caption`, :mod:`mmassist.ui.finetune_job`...) that work
 without a browser. Building the app creates the plugin host; models load on first use.
 
 API endpoints, for ``gradio_client``: ``/chat``, ``/caption``, ``/models``, ``/start_finetune``,
@@ -13,15 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from core.config import GenerationConfig
-from core.configs import field_help
-from core.host import Host
-from core.media import extensions_for
-from ui import caption as captioning
-from ui import chat as chatting
-from ui.finetune_job import JobRunner
-from ui.models import ModelStore
-from ui.shared import Shared, media_file_types, user_errors
+from mmassist.core.runtime.config import GenerationConfig
+from mmassist.core.schema import field_help
+from mmassist.core.contract.host import Host
+from mmassist.core.contract.media import extensions_for
+from mmassist.ui import caption as captioning
+from mmassist.ui import chat as chatting
+from mmassist.ui.finetune_job import JobRunner
+from mmassist.ui.models import ModelStore
+from mmassist.ui.shared import Shared, media_file_types, user_errors
 
 DEFAULT_UPLOAD_LIMIT_MB = 200
 DEFAULT_RUNS_DIR = "runs"
@@ -30,18 +30,18 @@ DEFAULT_RUNS_DIR = "runs"
 def build_app(model: str | None = None, *, host: Host | None = None,
               upload_limit_mb: float = DEFAULT_UPLOAD_LIMIT_MB, runs_dir: str | Path = DEFAULT_RUNS_DIR,
               concurrency: int = 4, max_queue: int = 64):
-    """Build the web app, a ``gr.Blocks`` (not launched: see :func:`ui.server.launch`).
+    """Build the web app, a ``gr.Blocks`` (not launched: see :func:`mmassist.ui.server.launch`).
 
     :param model: the default model: ``"starter"`` (when None) or a checkpoint folder.
-    :param host: the plugin host (default: a new :class:`core.Host`).
-    :param upload_limit_mb: the largest upload; shown in the page, enforced by :func:`ui.server.launch`.
+    :param host: the plugin host (default: a new :class:`mmassist.core.Host`).
+    :param upload_limit_mb: the largest upload; shown in the page, enforced by :func:`mmassist.ui.server.launch`.
     :param runs_dir: where fine-tunes started in the app go, and where Chat finds them.
     :param concurrency: chat and caption requests served at once; the others wait in the queue.
     :param max_queue: requests that may wait; more are refused ("queue full").
     """
     import gradio as gr
 
-    from ui.finetune_tab import finetune_tab
+    from mmassist.ui.finetune_tab import finetune_tab
 
     host = host or Host()
     shared = Shared(host=host, store=ModelStore(host, runs_dir, default=model), runner=JobRunner(host),
@@ -94,10 +94,12 @@ def starter_examples(shared: Shared) -> list[dict[str, Any]]:
     import shutil
     import tempfile
 
-    from core import starter
+    from mmassist.core.recipes import starter
 
-    index = starter.EXAMPLES_DIR / "examples.json"
-    if shared.store.key(None) != "starter" or not starter.is_installed() or not index.is_file():
+    if shared.store.key(None) != "starter" or not starter.is_installed():
+        return []
+    index = starter.examples_dir() / "examples.json"
+    if not index.is_file():
         return []
     examples = json.loads(index.read_text(encoding="utf-8"))
     folder = Path(tempfile.gettempdir()) / "mmassist-examples" / hashlib.sha256(index.read_bytes()).hexdigest()[:12]
@@ -108,7 +110,7 @@ def starter_examples(shared: Shared) -> list[dict[str, Any]]:
         if e.get("file"):
             target = folder / e["file"]
             if not target.is_file():
-                shutil.copy2(starter.EXAMPLES_DIR / e["file"], target)
+                shutil.copy2(index.parent / e["file"], target)
             files.append(str(target))
         out.append({"text": e["question"], "files": files})
     return out

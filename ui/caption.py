@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from core.errors import MMAssistError, UnsupportedInputError
-from ui.models import LoadedModel
+from mmassist.core.errors import MMAssistError, UnsupportedInputError
+from mmassist.ui.models import LoadedModel
 
 
 @dataclass

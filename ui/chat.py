@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from core.assistant import DEFAULT_CAPTION_PROMPT
-from core.errors import UnsupportedInputError
-from core.host import Host
-from core.model import placeholder_token
-from ui.models import LoadedModel
+from mmassist.core.errors import UnsupportedInputError
+from mmassist.core.contract.host import Host
+from mmassist.core.runtime.model import placeholder_token
+from mmassist.core.runtime.processor import caption_prompt
+from mmassist.ui.models import LoadedModel
 
 Turn = tuple[str, str, list[str]]  # (role, text, file paths)
 ERROR_TITLE = "Error"  # the metadata title of an error note in the conversation
@@ -92,7 +92,7 @@ def user_message(text: str, files: Sequence[str], model: LoadedModel, host: Host
     if parts and not text.strip():
         prompt = model.assistant.cfg.task.prompt
         text = prompt if prompt and not any(placeholder_token(p["type"]) in prompt for p in parts) \
-            else DEFAULT_CAPTION_PROMPT.format(modality=parts[0]["type"])
+            else caption_prompt(parts[0]["type"])
     if not parts and not text.strip():
         raise UnsupportedInputError("the message is empty; type a question or attach a file")
     if parts:

@@ -12,8 +12,8 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from core.data import CAPTION_FILES
-from core.errors import DataFormatError
+from mmassist.core.data import CAPTION_FILES
+from mmassist.core.errors import DataFormatError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv")
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}

@@ -1,7 +1,7 @@
 """One fine-tune at a time, in a background thread, watched and stopped through callbacks.
 
 The training loop knows nothing of the UI: :class:`ProgressRecorder` is an ordinary
-:class:`core.callbacks.TrainerCallback` that copies progress (step, loss, evaluation metrics) into
+:class:`mmassist.core.training.callbacks.TrainerCallback` that copies progress (step, loss, evaluation metrics) into
 the job, and asks the loop to stop (``control.should_stop``) once the user pressed Stop. The page
 polls :meth:`FinetuneJob.snapshot`.
 """
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.callbacks import TrainerCallback, TrainerControl, TrainerState
-from core.config import FusionConfig
-from core.errors import MMAssistError
-from core.host import Host
+from mmassist.core.training.callbacks import TrainerCallback, TrainerControl, TrainerState
+from mmassist.core.runtime.config import FusionConfig
+from mmassist.core.errors import MMAssistError
+from mmassist.core.contract.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class JobRunner:
         return True
 
     def _run(self, job: FinetuneJob) -> None:
-        from core.finetune import finetune
+        from mmassist.core.training.finetune import finetune
 
         try:
             res = finetune(job.cfg, output_dir=job.output_dir, callbacks=[ProgressRecorder(job)], host=self.host)

@@ -3,7 +3,7 @@ job to start, watch (progress bar, live loss / metric plot) and stop.
 
 The form and the YAML edit one config: a form edit is written into the YAML, leaving the YAML
 fills the form, and at Start the form's fields win over the YAML. The dataset given (an upload or
-a server path) sets ``data.train``. Progress comes from :class:`ui.finetune_job.ProgressRecorder`,
+a server path) sets ``data.train``. Progress comes from :class:`mmassist.ui.finetune_job.ProgressRecorder`,
 polled by a timer that runs only while a job does.
 """
 
@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.config import FusionConfig
-from core.configs import yaml_load
-from core.errors import ConfigError, MMAssistError
-from ui.datasets import DATA_SUFFIXES, prepare_dataset
-from ui.finetune_job import Snapshot
-from ui.forms import FormField, form_fields, get_path, set_path
-from ui.shared import Shared, user_errors
-from ui.templates import bundled_configs, bundled_yaml, template_yaml
+from mmassist.core.runtime.config import FusionConfig
+from mmassist.core.schema import yaml_load
+from mmassist.core.errors import ConfigError, MMAssistError
+from mmassist.ui.datasets import DATA_SUFFIXES, prepare_dataset
+from mmassist.ui.finetune_job import Snapshot
+from mmassist.ui.forms import FormField, form_fields, get_path, set_path
+from mmassist.ui.shared import Shared, user_errors
+from mmassist.ui.templates import bundled_configs, bundled_yaml, template_yaml
 
 TEMPLATE_PREFIX = "template: "
 EXAMPLE_PREFIX = "example: "

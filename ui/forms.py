@@ -10,8 +10,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import FusionConfig
-from core.errors import ConfigError
+from mmassist.core.runtime.config import FusionConfig
+from mmassist.core.errors import ConfigError
 
 # The options the Fine-tune form shows, by dotted config path. Everything else is in the YAML.
 FORM_FIELDS = (

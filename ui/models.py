@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from core.assistant import Assistant
-from core.errors import ConfigError, MMAssistError
-from core.host import Host
+from mmassist.core.runtime.assistant import Assistant
+from mmassist.core.errors import ConfigError, MMAssistError
+from mmassist.core.contract.host import Host
 
 STARTER = "starter"
 

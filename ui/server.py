@@ -11,7 +11,7 @@ DEFAULT_HOST = "127.0.0.1"
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
     """``user:pass`` -> ("user", "pass"); None stays None."""
-    from core.errors import ConfigError
+    from mmassist.core.errors import ConfigError
 
     if not text:
         return None
@@ -24,7 +24,7 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 def launch_options(*, host: str | None = None, port: int | None = None, auth: str | tuple[str, str] | None = None,
                    upload_limit_mb: float | None = None, quiet: bool = False) -> dict[str, Any]:
     """Keyword arguments for ``Blocks.launch`` with this project's safe defaults."""
-    from ui.app import DEFAULT_UPLOAD_LIMIT_MB
+    from mmassist.ui.app import DEFAULT_UPLOAD_LIMIT_MB
 
     limit = DEFAULT_UPLOAD_LIMIT_MB if upload_limit_mb is None else upload_limit_mb
     return {
@@ -55,7 +55,7 @@ def launch(model: str | Path | None = None, *, host: str | None = None, port: in
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ui.app import DEFAULT_RUNS_DIR, DEFAULT_UPLOAD_LIMIT_MB, build_app
+    from mmassist.ui.app import DEFAULT_RUNS_DIR, DEFAULT_UPLOAD_LIMIT_MB, build_app
 
     limit = DEFAULT_UPLOAD_LIMIT_MB if upload_limit_mb is None else upload_limit_mb
     app = build_app(str(model) if model else None, upload_limit_mb=limit, runs_dir=runs_dir or DEFAULT_RUNS_DIR)

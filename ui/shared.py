@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from core.errors import ConfigError, MMAssistError
-from core.host import Host
-from core.media import extensions_for
-from ui.finetune_job import JobRunner
-from ui.models import ModelStore
+from mmassist.core.errors import ConfigError, MMAssistError
+from mmassist.core.contract.host import Host
+from mmassist.core.contract.media import extensions_for
+from mmassist.ui.finetune_job import JobRunner
+from mmassist.ui.models import ModelStore
 
 log = logging.getLogger("ui")
 

@@ -11,8 +11,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import core
-from core.config import TASKS, FusionConfig
+from mmassist import core
+from mmassist.core.runtime.config import TASKS, FusionConfig
 
 SMALL_DECODER = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
                  "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}

@@ -57,7 +57,7 @@ def tiny_caption_config(data: str | Path | None, *, video: bool = True, **traini
 
 def train_tiny_model(data: str | Path, output_dir: str | Path, host=None, **training: Any) -> Path:
     """Fine-tune :func:`tiny_caption_config` on ``data``; return the model folder."""
-    import core
+    from mmassist import core
 
     res = core.finetune(tiny_caption_config(data, **training), output_dir=output_dir, host=host)
     return Path(res.output_dir)
@@ -93,7 +93,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def serve(app, **options: Any) -> Iterator[str]:
     """Launch ``app`` in this process on a free local port with the project's launch options;
     yield its address, close it afterwards."""
-    from ui.server import launch_options
+    from mmassist.ui.server import launch_options
 
     port = free_port()
     opts = launch_options(port=port, upload_limit_mb=getattr(app, "upload_limit_mb", None), quiet=True, **options)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import core
+from mmassist import core
 
 from .helpers import bad_images, bad_videos, good_video, png_bytes, tiny_config, unsupported_files
 
@@ -16,11 +16,6 @@ from .helpers import bad_images, bad_videos, good_video, png_bytes, tiny_config,
 def _builtin_plugins_only(monkeypatch):
     """The CLI builds its own Host: let it load the built-in plugins only, as the fixtures' host does."""
     monkeypatch.setenv("MMASSIST_NO_PLUGINS", "1")
-
-
-@pytest.fixture(scope="session")
-def host() -> core.Host:
-    return core.Host(load_entrypoints=False)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ui.testing import TINY_IMAGE, TINY_LLAMA, TINY_VIDEO
+from mmassist.ui.testing import TINY_IMAGE, TINY_LLAMA, TINY_VIDEO
 
 MAX_LENGTH = 256
 TINY_TEXT = {"name": "text/hf", "config": {"max_length": 32, "init_config": {
@@ -91,7 +91,7 @@ def bad_images(folder: Path) -> dict[str, Path]:
 
 
 def good_video(path: Path, num_frames: int = 16) -> Path:
-    from plugins.video import moving_shapes, write_test_video
+    from mmassist.core.contract.testing import moving_shapes, write_test_video
 
     return write_test_video(path, moving_shapes(num_frames, 32, 32, seed=0).astype(np.uint8), fps=8)
 
@@ -100,7 +100,7 @@ def zero_frame_video(path: Path) -> Path:
     """A valid container with an H.264 video stream that holds no frame."""
     import av
 
-    from plugins.video import _pick_codec
+    from mmassist.core.contract.testing import _pick_codec
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream(_pick_codec(path.suffix), rate=8)
@@ -167,7 +167,7 @@ def jsonl(records: list[Any]) -> str:
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     """``mmassist ARGV`` in this process: (exit status, stdout, stderr)."""
-    from core.cli import main
+    from mmassist.core.cli import main
 
     capsys.readouterr()  # drop what earlier steps printed
     code = main([str(a) for a in argv])

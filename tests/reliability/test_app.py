@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ui.testing import serve
+from mmassist.ui.testing import serve
 
 from .helpers import rss_mb
 
@@ -30,7 +30,7 @@ MAX_QUEUE = 64
 
 @pytest.fixture(scope="module")
 def app(checkpoint, host, tmp_path_factory):
-    from ui.app import build_app
+    from mmassist.ui.app import build_app
 
     return build_app(str(checkpoint), host=host, upload_limit_mb=UPLOAD_LIMIT_MB,
                      runs_dir=tmp_path_factory.mktemp("runs"), max_queue=MAX_QUEUE)
@@ -141,8 +141,8 @@ def test_a_missing_model_or_plugin_is_a_readable_error(url, checkpoint, tmp_path
 
 
 def test_the_app_binds_to_this_machine_only_by_default(app, url):
-    from core.cli import build_parser
-    from ui.server import launch_options
+    from mmassist.core.cli import build_parser
+    from mmassist.ui.server import launch_options
 
     assert app.server_name == "127.0.0.1" and url.startswith("http://127.0.0.1:")
     assert launch_options()["server_name"] == "127.0.0.1" and launch_options()["share"] is False
@@ -189,7 +189,7 @@ def test_the_page_only_accepts_the_plugins_file_types(app):
 
 
 def test_with_auth_nothing_is_served_before_login(checkpoint, host, tmp_path):
-    from ui.app import build_app
+    from mmassist.ui.app import build_app
 
     app = build_app(str(checkpoint), host=host, runs_dir=tmp_path / "runs")
     with serve(app, auth="ann:s3cret") as url:

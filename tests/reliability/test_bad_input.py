@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-import core
+from mmassist import core
 
 from .helpers import TINY_TEXT, assert_user_error, conversation, jsonl, run_cli, text_classifier_config, tiny_config
 
@@ -171,8 +171,8 @@ def write_dataset(folder, name):
 
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_a_malformed_dataset_names_the_file_and_line(name, tmp_path):
-    from core.config import DataConfig, TaskConfig
-    from core.data import load_examples
+    from mmassist.core.runtime.config import DataConfig, TaskConfig
+    from mmassist.core.data import load_examples
 
     _, kind, line, words = DATASETS[name]
     path = write_dataset(tmp_path, name)

@@ -20,9 +20,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import core
-from core.encoders import EncoderSpec
-from plugins.image import TimmImageConfig
+from mmassist import core
+from mmassist.core.runtime import checkpoint
+from mmassist.core.contract.encoders import EncoderSpec
+from mmassist.plugins.image import TimmImageConfig
 
 from .helpers import assert_user_error, conversation, jsonl, run_cli, tiny_config
 
@@ -115,7 +116,7 @@ def test_a_kill_between_the_two_renames_loses_no_checkpoint(saved, host, monkeyp
             raise Killed
 
     monkeypatch.setattr(os, "replace", killed_after_first)
-    monkeypatch.setattr(core.checkpoint.shutil, "rmtree", lambda *a, **k: None)  # a kill cleans nothing up
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", lambda *a, **k: None)  # a kill cleans nothing up
     with pytest.raises(Killed):
         newer.save_pretrained(saved)
     monkeypatch.undo()
@@ -215,7 +216,7 @@ def fake_entry_points(plugins: dict[str, object]):
 def test_the_cli_lists_failed_plugins_and_reports_a_failed_build_in_one_line(checkpoint, tmp_path, monkeypatch,
                                                                            capsys):
     monkeypatch.delenv("MMASSIST_NO_PLUGINS")
-    monkeypatch.setattr("core.host.importlib.metadata.entry_points", fake_entry_points({
+    monkeypatch.setattr("mmassist.core.contract.host.importlib.metadata.entry_points", fake_entry_points({
         "broken_import": ImportError("No module named 'missing_dependency'"),
         "broken_register": BrokenRegisterPlugin(),
         "broken_build": BrokenBuildPlugin(),
@@ -264,7 +265,7 @@ def test_a_checkpoint_whose_plugin_is_missing_names_the_distribution_to_install(
 
 
 def test_the_ui_model_store_reports_a_missing_plugin_and_keeps_the_other_models(checkpoint, host, tmp_path):
-    from ui.models import ModelStore
+    from mmassist.ui.models import ModelStore
 
     folder = missing_plugin_checkpoint(checkpoint, tmp_path / "model")
     store = ModelStore(host, tmp_path / "runs", default=str(checkpoint))

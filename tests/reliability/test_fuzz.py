@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import core
-from core.config import DataConfig, FusionConfig, TaskConfig
-from core.data import load_examples
+from mmassist import core
+from mmassist.core.runtime.config import DataConfig, FusionConfig, TaskConfig
+from mmassist.core.data import load_examples
 
 from .helpers import png_bytes, tiny_config
 

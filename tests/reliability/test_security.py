@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import core
-from core.config import DataConfig, TaskConfig
-from core.data import load_examples
+from mmassist import core
+from mmassist.core.runtime.config import DataConfig, TaskConfig
+from mmassist.core.data import load_examples
 
 from .helpers import conversation, jsonl, png_bytes
 
@@ -84,7 +84,7 @@ def test_remote_code_runs_only_when_the_config_asks():
             if isinstance(node, ast.Call) and is_true(keyword(node, "trust_remote_code")):
                 pytest.fail(f"{path.relative_to(ROOT)}:{node.lineno}: trust_remote_code=True")
     # every config that has the switch leaves it off by default
-    from plugins.text import HFTextConfig
+    from mmassist.plugins.text import HFTextConfig
 
     assert core.FusionConfig().decoder.trust_remote_code is False
     assert core.FusionConfig.from_dict({"decoder": {"path": "/models/x"}}).decoder.trust_remote_code is False
@@ -101,8 +101,8 @@ class _Stop(Exception):
 def test_the_trust_remote_code_setting_is_what_reaches_transformers(asked, tmp_path, monkeypatch):
     import transformers
 
-    from core.model import build_decoder, build_tokenizer_for
-    from plugins.text import HFTextConfig, HFTextEncoder
+    from mmassist.core.runtime.model import build_decoder, build_tokenizer_for
+    from mmassist.plugins.text import HFTextConfig, HFTextEncoder
 
     seen = []
 

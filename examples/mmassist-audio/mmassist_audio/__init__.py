@@ -1,13 +1,15 @@
 """mmassist-audio: the ``audio/logmel`` encoder as a third-party mmassist plugin.
 
 The host finds this module through the entry point ``audio = "mmassist_audio"`` in the group
-``mmassist`` (see pyproject.toml) and calls the hooks below. Importing it is cheap: torch is
-already loaded by ``core``, and nothing is built until ``EncoderSpec.build`` runs.
+``mmassist`` (see pyproject.toml) and calls the hooks below. Importing it is cheap: ``mmassist.core``
+is lazy (it loads no model code), this package imports nothing beyond torch and the standard library,
+and the torch-side work (the mel filterbank, the conv front end) happens only when
+``EncoderSpec.build`` creates the encoder.
 """
 
 from __future__ import annotations
 
-import core
+from mmassist import core
 from mmassist_audio.logmel import (
     WAV_MIME_TYPES,
     LogMelAudioConfig,

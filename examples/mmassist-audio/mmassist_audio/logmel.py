@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.configs import check_range, help_field
-from core.encoders import Encoder, EncoderOutput, pad_sequences
-from core.errors import ConfigError
-from core.media import Media
+from mmassist.core.schema import check_range, help_field
+from mmassist.core.contract.encoders import Encoder, EncoderOutput, pad_sequences
+from mmassist.core.errors import ConfigError
+from mmassist.core.contract.media import Media
 from mmassist_audio.wav import encode_wav, read_wav, resample
 
 WAV_MIME_TYPES = ("audio/wav", "audio/x-wav")

@@ -2,7 +2,7 @@
 
 Decoding uses Python's :mod:`wave` module, which reads uncompressed PCM (8, 16, 24 or 32-bit
 integer samples). Anything else (float WAVs, compressed WAVs, truncated or corrupt files) is an
-:class:`core.UndecodableInputError` that names the file and says how to convert it.
+:class:`mmassist.core.UndecodableInputError` that names the file and says how to convert it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import wave
 import torch
 import torch.nn.functional as F
 
-from core.errors import UndecodableInputError
-from core.media import Media
+from mmassist.core.errors import UndecodableInputError
+from mmassist.core.contract.media import Media
 
 _CONVERT_HINT = "convert it to 16-bit PCM WAV (e.g. ffmpeg -i in.wav -c:a pcm_s16le out.wav)"
 # Above this many taps per phase the exact polyphase kernel gets too big; use linear interpolation.

@@ -12,9 +12,9 @@ import struct
 import pytest
 import torch
 
-import core
-from core.configs import field_help
-from core.testing import check_encoder
+from mmassist import core
+from mmassist.core.schema import field_help
+from mmassist.core.contract.testing import check_encoder
 from mmassist_audio.logmel import LogMelAudioConfig, LogMelAudioEncoder, mel_filterbank, mel_to_hz, sine
 from mmassist_audio.wav import encode_wav, read_wav, resample
 
