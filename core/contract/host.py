@@ -77,9 +77,6 @@ class Registry(Generic[T]):
         self._items.pop(name, None)
         self._owners.pop(name, None)
 
-    def owner(self, name: str) -> str:
-        return self._owners[name]
-
     def get(self, name: str) -> T:
         try:
             return self._items[name]
@@ -192,16 +189,12 @@ class Host:
                 raise PluginError(f"register() takes a {kind.__name__}, got {type(item).__name__}")
             items.append(item)
 
-        added: list[str] = []
         try:
             impl.function(register=register)
             for item in items:
                 item = replace(item, plugin=name, distribution=dist, version=version)
                 registry.add(getattr(item, key), item, owner=f"{name} ({dist})")
-                added.append(getattr(item, key))
         except Exception as e:
-            for item_name in added:
-                registry.remove(item_name)
             self._unregister(name)
             self._fail(name, (dist, version), "register", f"{type(e).__name__}: {e}")
 
@@ -209,7 +202,7 @@ class Host:
         """Take a failed plugin out, with everything it registered through any hook."""
         self.pm.unregister(name=name)
         for registry in (self.encoders, self.models, self.data_sources):
-            for item_name in [n for n in registry.names() if registry.owner(n).startswith(f"{name} (")]:
+            for item_name in [n for n in registry.names() if registry.get(n).plugin == name]:
                 registry.remove(item_name)
 
     def _fail(self, name: str, origin: tuple[str, str], stage: str, error: str) -> None:
