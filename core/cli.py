@@ -25,22 +25,35 @@ def set_offline_defaults() -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """List the encoders every loaded plugin registered, and the plugins that failed."""
+    """List the encoders and named models every loaded plugin registered, warnings, and the plugins that
+    failed (``-v``: with their tracebacks; ``--strict``: exit 1 if any failed, for CI)."""
     from mmassist import core
 
     host = core.Host()
     rows = host.describe()
+    models = [{"name": m.name, "kind": m.kind, "distribution": m.distribution, "requires": m.requires,
+               "description": m.description} for m in host.models]
     failed = [dataclasses.asdict(f) for f in host.failed_plugins]
     if args.json:
-        print(json.dumps({"encoders": rows, "failed_plugins": failed}, indent=2))
-        return 0
-    cols = ("name", "modality", "mime_types", "config", "distribution", "version")
-    print(format_table([{c: r[c] for c in cols} for r in rows], cols))
-    if host.failed_plugins:
-        print(f"\n{len(host.failed_plugins)} plugin(s) failed to load:")
-        for f in host.failed_plugins:
-            print(f"  {f}")
-    return 0
+        print(json.dumps({"encoders": rows, "models": models, "warnings": host.warnings,
+                          "failed_plugins": failed}, indent=2))
+    else:
+        cols = ("name", "modality", "mime_types", "extensions", "config", "distribution", "version")
+        print(format_table([{c: r[c] for c in cols} for r in rows], cols))
+        print()
+        cols = ("name", "kind", "distribution", "requires")
+        print(format_table([{c: m[c] for c in cols} for m in models], cols))
+        for warning in host.warnings:
+            print(f"\nwarning: {warning}")
+        if host.failed_plugins:
+            print(f"\n{len(host.failed_plugins)} plugin(s) failed to load:")
+            for f in host.failed_plugins:
+                print(f"  {f}")
+                if args.verbose and f.traceback:
+                    print("    " + f.traceback.rstrip().replace("\n", "\n    "))
+            if not args.verbose and any(f.traceback for f in host.failed_plugins):
+                print("(mmassist plugins -v shows where in each plugin it failed)")
+    return 1 if args.strict and host.failed_plugins else 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -178,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("plugins", help="list the loaded encoders and any plugin that failed to load")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("-v", "--verbose", action="store_true", help="show each failed plugin's traceback")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when any plugin failed (for CI)")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("finetune", help="fine-tune a model from a YAML/JSON config")

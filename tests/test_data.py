@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mmassist import core
 from mmassist.core.runtime.config import DataConfig, TaskConfig
 from mmassist.core.data import Example, load_examples, load_splits, resolve_media_path, split_examples
 from mmassist.core.errors import ConfigError, DataFormatError
@@ -160,15 +161,22 @@ def test_captions_folder_jsonl(tmp_path):
     assert ex[0].messages[0]["content"] == "<image>\nWhat do you see?"
 
 
-def test_captions_folder_csv_sniffs_content(tmp_path):
+def test_captions_folder_csv_sniffs_content(tmp_path, host, monkeypatch):
     # the modality comes from the bytes: a PNG named .bin is an image
     _png(tmp_path / "pic.png").rename(tmp_path / "pic.bin")
     (tmp_path / "s.wav").write_bytes(WAV_BYTES)
     (tmp_path / "captions.csv").write_text('file,caption\npic.bin,"Red, square."\ns.wav,A beep.\n')
-    ex = load_examples(tmp_path, CAPTION, DATA)
+    # Without a plugin that reads audio, the wav is refused, named with its type and what is read here.
+    _raises_at(tmp_path / "captions.csv", 3, r"'s.wav'.*detected type audio/wav.*accepted here: image/timm",
+               load_examples, tmp_path, CAPTION, DATA, host)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples" / "mmassist-audio"))
+    import mmassist_audio
+
+    with_audio = core.Host(load_entrypoints=False, plugins=[mmassist_audio])
+    ex = load_examples(tmp_path, CAPTION, DATA, with_audio)
     assert ex[0].media[0][0] == "image" and ex[0].messages[1]["content"] == "Red, square."
     assert ex[1].media[0][0] == "audio" and ex[1].messages[0]["content"].startswith("<audio>\n")
-    assert load_examples(tmp_path / "captions.csv", CAPTION, DATA)[1].source.endswith("captions.csv:3")
+    assert load_examples(tmp_path / "captions.csv", CAPTION, DATA, with_audio)[1].source.endswith("captions.csv:3")
 
 
 def test_captions_folder_errors(tmp_path):
@@ -178,7 +186,7 @@ def test_captions_folder_errors(tmp_path):
     (tmp_path / "note.txt").write_text("just words")
     path = _jsonl(tmp_path / "captions.jsonl", [{"file": "a.png", "caption": "ok"},
                                                 {"file": "note.txt", "caption": "x"}])
-    _raises_at(path, 2, "not an image, video or audio", load_examples, tmp_path, CAPTION, DATA)
+    _raises_at(path, 2, r"'note.txt'.*detected type text/plain.*accepted here", load_examples, tmp_path, CAPTION, DATA)
     _jsonl(path, [{"file": "a.png"}])
     _raises_at(path, 1, "caption missing", load_examples, tmp_path, CAPTION, DATA)
     (tmp_path / "captions.csv").write_text("file,caption\n")

@@ -12,7 +12,7 @@ HOST = core.Host()
 
 @pytest.mark.parametrize("name", HOST.encoders.names())
 def test_encoder_contract(name, tmp_path):
-    check_encoder(HOST.encoders.get(name), tmp_path)
+    check_encoder(HOST.encoders.get(name), tmp_path, host=HOST)
 
 
 def test_the_contract_catches_a_wrong_output_dim(tmp_path):

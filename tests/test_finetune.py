@@ -111,6 +111,17 @@ def test_a_classifier_learns_a_separable_task_and_reports_per_class(classify_fil
     assert (res.output_dir / "best" / "model.safetensors").is_file()
 
 
+def test_the_last_evaluation_is_not_repeated_for_the_final_report(classify_file, host, tmp_path):
+    # epochs 4 x 3 steps: the last step is an evaluation step, and the best model is the last one or an
+    # earlier one; either way each step is evaluated once on validation.
+    res = core.finetune(classify_cfg(classify_file, eval_every=3), output_dir=tmp_path / "run", host=host)
+    log = [json.loads(line) for line in (res.output_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in log if row["split"] == "validation"]
+    assert steps == sorted(set(steps)) and steps[-1] == res.metrics["steps"], steps
+    best = next(row for row in log if row["split"] == "validation" and row["step"] == res.metrics["best_step"])
+    assert res.metrics["validation"]["accuracy"] == best["accuracy"]
+
+
 def test_freezing_leaves_frozen_weights_bit_identical(classify_file, host, tmp_path):
     cfg = classify_cfg(classify_file, epochs=1, freeze=["fusion.projectors.image"])
     cfg["encoders"]["image"]["freeze"] = True

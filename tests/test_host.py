@@ -8,8 +8,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
+from PIL import Image
 
 from mmassist import core
+from mmassist.core.contract.testing import check_encoder
 from mmassist.core.contract.encoders import EncoderSpec
 from mmassist.plugins.image import TimmImageConfig, TimmImageEncoder
 
@@ -155,3 +158,108 @@ def test_no_plugins_switch(monkeypatch):
     monkeypatch.setenv("MMASSIST_NO_PLUGINS", "1")
     host = core.Host()
     assert set(host.encoders.names()) == set(BUILTINS)
+
+
+# -- a modality the core does not know, declared file types, plugin mistakes ---------------------------
+
+
+@dataclasses.dataclass
+class BlobConfig:
+    width: int = 8
+
+
+class TransposedEncoder(core.Encoder):
+    """Returns (B, D, T) instead of (B, T, D): the mistake the model must name."""
+
+    def __init__(self, cfg: BlobConfig):
+        super().__init__()
+        self.config, self.output_dim = cfg, cfg.width
+        self.proj = torch.nn.Linear(3, cfg.width)
+
+    def preprocess(self, items):
+        return {"x": torch.ones(len(items), 5, 3)}
+
+    def forward(self, x):
+        features = self.proj(x).transpose(1, 2)  # wrong on purpose
+        return core.EncoderOutput(features, torch.ones(features.shape[:2], dtype=torch.bool))
+
+
+class BlobPlugin:
+    @core.hookimpl
+    def register_encoders(self, register):
+        register(EncoderSpec(name="blob/transposed", modality="blob", mime_types=("application/x-blob",),
+                             extensions=(".blob",), magic=(b"BLOB1",), config_cls=BlobConfig,
+                             build=TransposedEncoder))
+
+
+def test_declared_extensions_and_magic_bytes_route_to_the_plugin(tmp_path):
+    host = core.Host(load_entrypoints=False, plugins=[BlobPlugin()])
+    named = tmp_path / "data.blob"
+    named.write_text("some text that would read as text/plain")
+    assert host.route(named)[0].name == "blob/transposed"  # the declared extension beats text/plain
+    by_magic = tmp_path / "anything.bin"
+    by_magic.write_bytes(b"BLOB1" + bytes(20))
+    assert host.route(by_magic)[0].name == "blob/transposed"
+    assert host.route(b"BLOB1 bytes")[0].name == "blob/transposed"
+    assert host.route(str(named), candidates=["image/timm", "blob/transposed"])[0].name == "blob/transposed"
+    assert ".blob" in host.accepted_file_types("blob") and host.media_modalities() == ["image", "video", "blob"]
+
+
+def test_bad_file_type_declarations_are_refused():
+    for bad in ({"extensions": ("csv",)}, {"extensions": ".csv"}, {"magic": b"X"}, {"magic": (b"",)}):
+        with pytest.raises(core.PluginError, match="extensions|magic"):
+            EncoderSpec(name="x/y", modality="x", mime_types=("a/b",), config_cls=BlobConfig,
+                        build=TransposedEncoder, **bad)
+
+
+def test_an_encoder_output_of_the_wrong_shape_names_the_encoder_and_its_origin(tmp_path):
+    host = core.Host(load_entrypoints=False, plugins=[BlobPlugin()])
+    cfg = {"encoders": {"blob": {"name": "blob/transposed"}},
+           "decoder": {"init": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+                                "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2},
+                       "tokenizer": "bytes", "max_length": 128}}
+    assistant = core.Assistant.from_config(cfg, host=host)
+    blob = tmp_path / "x.blob"
+    blob.write_bytes(b"BLOB1")
+    with pytest.raises(core.PluginError) as info:
+        assistant.chat("What is it?", media=[blob])
+    message = str(info.value)
+    assert "'blob/transposed'" in message and "(passed to Host)" in message
+    assert "(B, D, T): transpose it to (B, T, D)" in message
+
+
+def test_a_route_input_that_raises_or_names_a_non_candidate_is_that_plugins_failure(tmp_path):
+    class Greedy:
+        @core.hookimpl
+        def route_input(self, media, candidates):
+            return "image/not-registered"
+
+    class Raising:
+        @core.hookimpl
+        def route_input(self, media, candidates):
+            raise ValueError("oops")
+
+    host = core.Host(load_entrypoints=False, plugins=[Greedy(), Raising()])
+    png = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(png)
+    assert host.route(png)[0].name == "image/timm"  # routing goes on past both
+    failures = {f.name: f for f in host.failed_plugins}
+    assert failures["Greedy"].stage == "route" and "'image/not-registered'" in failures["Greedy"].error
+    assert failures["Raising"].stage == "route" and "ValueError: oops" in failures["Raising"].error
+    assert 'raise ValueError("oops")' in failures["Raising"].traceback
+    assert host.route(png)[0].name == "image/timm" and len(host.failed_plugins) == 2  # asked no more
+    # The contract test reports such a plugin by name.
+    fresh = core.Host(load_entrypoints=False, plugins=[Greedy()])
+    with pytest.raises(AssertionError, match="Greedy.*failed at route"):
+        check_encoder(fresh.encoders.get("image/timm"), tmp_path / "contract", host=fresh)
+
+
+def test_a_plugin_that_registers_nothing_is_a_warning():
+    class Forgot:
+        def register_encoders(self, register):  # no @hookimpl
+            pass
+
+    host = core.Host(load_entrypoints=False, plugins=[Forgot()])
+    assert host.failed_plugins == []
+    [warning] = host.warnings
+    assert "Forgot" in warning and "register_encoders without @hookimpl" in warning

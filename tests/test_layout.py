@@ -187,3 +187,29 @@ def test_imports_inside_functions_only_where_they_keep_a_heavy_dependency_lazy()
 @pytest.mark.parametrize("module", sorted(LAZY_OK))
 def test_every_lazy_import_exception_names_a_module_that_exists(module):
     assert module in MODULES
+
+
+# The library names no modality of a plugin it does not ship: a third-party modality must get everywhere
+# (data files, prompts, checkpoints) through the host. MIME types ("audio/wav", sniffed from bytes) are not
+# modality names.
+LIBRARY = ("core/contract", "core/runtime", "core/data", "core/training", "fusion")
+
+
+def _code_strings(tree: ast.AST) -> list[tuple[int, str]]:
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_the_library_hard_codes_no_modality_it_does_not_ship():
+    found = []
+    for folder in LIBRARY:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for line, text in _code_strings(ast.parse(path.read_text(encoding="utf-8"))):
+                words = [w for w in text.replace("/", " / ").split() if w.strip("<>_,.()").startswith("audio")]
+                if words and not text.startswith("audio/"):
+                    found.append(f"{path.relative_to(REPO)}:{line}: {text!r}")
+    assert not found, "\n".join(found)

@@ -86,6 +86,27 @@ def test_manifest_records_plugins_and_a_missing_plugin_names_the_distribution(ho
         core.Assistant.from_pretrained(out, host=host)
 
 
+def test_an_encoder_name_from_another_distribution_is_not_loaded_silently(host, tmp_path):
+    out = build(tiny_cfg(), host).save_pretrained(tmp_path / "ckpt")
+    man = json.loads((out / "manifest.json").read_text())
+    man["encoders"]["image"]["distribution"] = "mmassist-better-images"  # made with another plugin's image/timm
+    (out / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(core.MissingPluginError, match=r"image/timm' of mmassist-better-images.*comes from mmassist "
+                                                      r"\(mmassist.plugins.image\)"):
+        core.Assistant.from_pretrained(out, host=host)
+    man["encoders"]["image"].update(distribution="mmassist", version="0.0.1")
+    (out / "manifest.json").write_text(json.dumps(man))
+    with pytest.warns(UserWarning, match=r"made with mmassist 0.0.1.*outputs may differ"):
+        core.Assistant.from_pretrained(out, host=host)
+
+
+def test_a_content_part_of_a_modality_the_model_lacks_says_so(host):
+    asst = build(tiny_cfg(), host)
+    for part in ({"type": "signal", "signal": "walk.csv"}, {"type": "signal_url", "signal_url": {"url": "x"}}):
+        with pytest.raises(core.UnsupportedInputError, match="takes no signal input; it was built for image"):
+            asst.chat([{"role": "user", "content": [part, {"type": "text", "text": "What is it?"}]}])
+
+
 def test_a_model_fine_tuned_from_a_local_weights_file_loads_without_that_file(host, images, tmp_path):
     """A trained encoder's weights are all in model.safetensors, so the file it started from is not needed
     to load it; a frozen one is referenced instead, and loading says that the file is gone."""

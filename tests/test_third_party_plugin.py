@@ -106,17 +106,21 @@ AUDIO_SCRIPT = """
 """
 
 
-@pytest.fixture(scope="module")
-def audio_site(tmp_path_factory) -> Path:
-    """examples/mmassist-audio, pip-installed into a fresh folder (from a copy: no build/ in the repo)."""
+def install_example(example: Path, root: Path) -> Path:
+    """An example plugin pip-installed into ``root/site`` (from a copy: no build/ left in the repo)."""
     _require_pip()
-    root = tmp_path_factory.mktemp("audio")
     source = root / "src"
-    shutil.copytree(AUDIO_EXAMPLE, source,
+    shutil.copytree(example, source,
                     ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
     site = root / "site"
     pip_install_target([source], site)
     return site
+
+
+@pytest.fixture(scope="module")
+def audio_site(tmp_path_factory) -> Path:
+    """examples/mmassist-audio, pip-installed into a fresh folder."""
+    return install_example(AUDIO_EXAMPLE, tmp_path_factory.mktemp("audio"))
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +198,42 @@ BROKEN_PLUGINS = {
             register(core.EncoderSpec(name="image/timm", modality="image", mime_types=("image/png",),
                                       config_cls=DuplicateConfig, build=lambda cfg: None))
     """),
+    "mmassist-bad-router": ("bad_router", """
+        from mmassist import core
+
+        @core.hookimpl
+        def route_input(media, candidates):
+            return "image/not-a-candidate"
+    """),
+    "mmassist-raising-router": ("raising_router", """
+        from mmassist import core
+
+        @core.hookimpl
+        def route_input(media, candidates):
+            return {}["broken on purpose in route_input"]
+    """),
+    "mmassist-dup-a": ("dup_a", """
+        from dataclasses import dataclass
+
+        from mmassist import core
+
+        @dataclass
+        class DupConfig:
+            pass
+
+        @core.hookimpl
+        def register_encoders(register):
+            register(core.EncoderSpec(name="dup/same", modality="dup", mime_types=("text/x-dup",),
+                                      config_cls=DupConfig, build=lambda cfg: None))
+    """),
 }
+# The same name from a second distribution: the first by distribution name (mmassist-dup-a) keeps it.
+BROKEN_PLUGINS["mmassist-dup-b"] = ("dup_b", BROKEN_PLUGINS["mmassist-dup-a"][1])
+# Not broken, but most likely a mistake: a warning in `mmassist plugins`.
+FORGOT_HOOKIMPL = ("mmassist-forgot-hookimpl", "forgot_hookimpl", """
+    def register_encoders(register):  # @core.hookimpl is missing
+        pass
+""")
 # A well-behaved neighbour: the broken ones must not stop it from loading.
 GOOD_PLUGIN = ("mmassist-toy", "toy", """
     from dataclasses import dataclass
@@ -216,6 +255,9 @@ EXPECTED_FAILURES = {  # entry-point name -> (stage, words the error must contai
     "broken_register": ("register", ["RuntimeError", "broken on purpose in register_encoders"]),
     "misspelled_hook": ("validate", ["register_encoder"]),
     "duplicate_image": ("register", ["image/timm", "mmassist.plugins.image", "duplicate_image", "mmassist-duplicate-image"]),
+    "bad_router": ("route", ["image/not-a-candidate", "not one of the candidates"]),
+    "raising_router": ("route", ["KeyError", "broken on purpose in route_input"]),
+    "dup_b": ("register", ["dup/same", "dup_a (mmassist-dup-a)", "dup_b (mmassist-dup-b)"]),
 }
 
 BROKEN_SCRIPT = """
@@ -223,15 +265,25 @@ BROKEN_SCRIPT = """
 
     from mmassist import core
 
+    import sys
+    from pathlib import Path
+    from PIL import Image
+
     host = core.Host()
     image = host.encoders.get("image/timm")
+    png = Path(sys.argv[1]) / "red.png"
+    Image.new("RGB", (8, 8), "red").save(png)
+    routed = [host.route(png)[0].name for _ in range(2)]  # the broken routers fail once, then are skipped
     print(json.dumps({
+        "routed": routed,
+        "warnings": host.warnings,
+        "dup_owner": host.encoders.get("dup/same").distribution,
         "builtins": core.Host(load_entrypoints=False).encoders.names(),
         "names": host.encoders.names(),
         "image_owner": [image.plugin, image.distribution],
         "failed": [dataclasses.asdict(f) for f in host.failed_plugins],
         "still_registered": [n for n in ["broken_import", "broken_register", "misspelled_hook",
-                                         "duplicate_image"] if host.pm.has_plugin(n)],
+                                         "duplicate_image", "dup_b"] if host.pm.has_plugin(n)],
     }))
 """
 
@@ -263,11 +315,48 @@ def broken_report(tmp_path_factory) -> dict:
     """All broken plugins (and one good one) installed with one pip call into one folder."""
     _require_pip()
     root = tmp_path_factory.mktemp("broken")
-    plugins = {**BROKEN_PLUGINS, GOOD_PLUGIN[0]: GOOD_PLUGIN[1:]}
+    plugins = {**BROKEN_PLUGINS, GOOD_PLUGIN[0]: GOOD_PLUGIN[1:], FORGOT_HOOKIMPL[0]: FORGOT_HOOKIMPL[1:]}
     sources = [_write_distribution(root / "src" / dist, dist, ep, src) for dist, (ep, src) in plugins.items()]
     site = root / "site"
     pip_install_target(sources, site)
-    return run_json(BROKEN_SCRIPT, site)
+    report = run_json(BROKEN_SCRIPT, site, str(root))
+    cli = {flags: run_python(["-m", "mmassist.core", "plugins", *flags.split()], site)
+           for flags in ("", "--strict", "-v")}
+    report["cli"] = {flags: {"rc": done.returncode, "out": done.stdout} for flags, done in cli.items()}
+    return report
+
+
+def test_a_plugin_that_registers_nothing_is_a_warning(broken_report):
+    [warning] = broken_report["warnings"]
+    assert "forgot_hookimpl (mmassist-forgot-hookimpl 0.0.1) registers nothing" in warning
+    assert "register_encoders without @hookimpl" in warning
+    assert "registers nothing" in broken_report["cli"][""]["out"]
+
+
+def test_a_failing_route_input_is_its_plugins_failure_not_everyones(broken_report):
+    assert broken_report["routed"] == ["image/timm", "image/timm"]
+    routes = [f for f in broken_report["failed"] if f["stage"] == "route"]
+    assert sorted(f["name"] for f in routes) == ["bad_router", "raising_router"]  # once each
+
+
+def test_two_plugins_with_one_name_resolve_by_distribution_name(broken_report):
+    assert broken_report["dup_owner"] == "mmassist-dup-a"
+
+
+def test_failed_plugins_keep_their_traceback(broken_report):
+    tracebacks = {f["name"]: f["traceback"] for f in broken_report["failed"]}
+    assert 'mmassist_broken_import.py", line 1' in tracebacks["broken_import"]
+    assert "raise RuntimeError" in tracebacks["broken_import"]
+    assert 'mmassist_raising_router.py", line 5, in route_input' in tracebacks["raising_router"]
+    assert "host.py" not in tracebacks["broken_import"]  # the plugin's frames, not ours
+    verbose = broken_report["cli"]["-v"]["out"]
+    assert 'mmassist_broken_import.py", line 1' in verbose
+    assert 'mmassist_broken_import.py"' not in broken_report["cli"][""]["out"]
+
+
+def test_plugins_strict_fails_when_a_plugin_failed(broken_report):
+    assert broken_report["cli"][""]["rc"] == 0
+    assert broken_report["cli"]["--strict"]["rc"] == 1
 
 
 def test_host_survives_broken_plugins(broken_report):

@@ -229,9 +229,11 @@ def plugin_tables(host: Host) -> tuple[dict, dict]:
                    "description"]
     rows = []
     for spec in host.encoders:
-        exts = extensions_for(list(spec.mime_types)) if spec.modality != "text" else []
+        exts = list(dict.fromkeys([*spec.extensions, *extensions_for(list(spec.mime_types))])) \
+            if spec.modality != "text" else []
         rows.append([spec.name, spec.modality, ", ".join(spec.mime_types), " ".join(exts), spec.distribution,
                      spec.version, spec.description])
     failed_headers = ["plugin", "distribution", "version", "stage", "error"]
     failed = [[f.name, f.distribution, f.version, f.stage, f.error] for f in host.failed_plugins]
+    failed += [["", "", "", "warning", w] for w in host.warnings]
     return {"headers": enc_headers, "data": rows}, {"headers": failed_headers, "data": failed}

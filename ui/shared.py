@@ -13,7 +13,6 @@ from typing import Any, Iterator
 
 from mmassist.core.errors import ConfigError, MMAssistError
 from mmassist.core.contract.host import Host
-from mmassist.core.contract.media import extensions_for
 from mmassist.ui.finetune_job import JobRunner
 from mmassist.ui.models import ModelStore
 
@@ -78,6 +77,6 @@ def page_text(message: str) -> str:
 
 
 def media_file_types(host: Host) -> list[str]:
-    """File extensions of every non-text modality the installed plugins read (for upload boxes)."""
-    modalities = dict.fromkeys(spec.modality for spec in host.encoders if spec.modality != "text")
-    return [ext for m in modalities for ext in extensions_for(host.accepted_mime_types(m))]
+    """File extensions of every non-text modality the installed plugins read (for upload boxes): those
+    their MIME types map to and those they declare (:attr:`EncoderSpec.extensions`)."""
+    return list(dict.fromkeys(ext for m in host.media_modalities() for ext in host.file_extensions(m)))

@@ -13,7 +13,7 @@ from torch import nn
 
 from mmassist.core import schema
 from mmassist.core.errors import ConfigError, PluginError, UndecodableInputError
-from mmassist.core.contract.media import Media
+from mmassist.core.contract.media import SNIFF_BYTES, Media, mime_matches
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*/[a-z0-9][a-z0-9_.-]*$")
 
@@ -75,7 +75,11 @@ class EncoderSpec:
     """What a plugin registers: a named encoder, the inputs it accepts and how to build it.
 
     ``name`` is ``<modality>/<backend>`` (``image/timm``). ``mime_types`` may use wildcards
-    (``image/*``). ``build(config)`` must be lazy: heavy imports happen there, not at plugin import.
+    (``image/*``). ``extensions`` (``(".csv", ".npy")``) and ``magic`` (byte prefixes of the content,
+    ``(b"\\x93NUMPY",)``) declare file types the system's MIME table may not know: a file with one of
+    these endings, or whose first bytes start with one of these prefixes, is this encoder's before any
+    MIME match (see :meth:`accepts`), in chat, captioning, data files and the web app's uploads alike.
+    ``build(config)`` must be lazy: heavy imports happen there, not at plugin import.
     ``tiny_config()`` returns a small config for tests; ``example_inputs(tmp_dir)`` returns two or
     more real inputs (paths, bytes...) that the contract test in :mod:`mmassist.core.contract.testing` encodes.
     ``initial_weights`` names the config keys that only say where the encoder's first weights come from
@@ -94,6 +98,8 @@ class EncoderSpec:
     tiny_config: Callable[[], Any] | None = None
     example_inputs: Callable[[Path], list[Any]] | None = None
     initial_weights: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    extensions: tuple[str, ...] = ()
+    magic: tuple[bytes, ...] = ()
     plugin: str = ""
     distribution: str = ""
     version: str = ""
@@ -107,6 +113,23 @@ class EncoderSpec:
             raise PluginError(f"encoder {self.name!r}: mime_types must be a non-empty tuple of MIME types")
         if not dataclasses.is_dataclass(self.config_cls):
             raise PluginError(f"encoder {self.name!r}: config_cls must be a dataclass")
+        if isinstance(self.extensions, str) or any(
+                not isinstance(e, str) or not re.fullmatch(r"\.[a-z0-9][a-z0-9._-]*", e) for e in self.extensions):
+            raise PluginError(f"encoder {self.name!r}: extensions must be a tuple of lower-case file endings "
+                              f"with their dot, such as ('.csv', '.npy'); got {self.extensions!r}")
+        if isinstance(self.magic, bytes) or any(
+                not isinstance(m, bytes) or not 0 < len(m) <= SNIFF_BYTES for m in self.magic):
+            raise PluginError(f"encoder {self.name!r}: magic must be a tuple of byte strings of 1 to "
+                              f"{SNIFF_BYTES} bytes, such as (b'\\x93NUMPY',); got {self.magic!r}")
+
+    def declares(self, media: Media) -> bool:
+        """Whether ``media`` is of a file type this spec declares: its extension or its first bytes."""
+        return bool(media.suffix and media.suffix in self.extensions) or \
+            any(media.head.startswith(m) for m in self.magic)
+
+    def accepts(self, media: Media) -> bool:
+        """Whether this encoder takes ``media``: a declared file type, or a MIME type it accepts."""
+        return self.declares(media) or mime_matches(media.mime_type, self.mime_types)
 
     def make_config(self, data: Any = None, path: str = "") -> Any:
         """The config for this encoder from a dict (unknown keys are errors), a config, or None."""
@@ -131,6 +154,33 @@ class EncoderSpec:
         if not isinstance(encoder, Encoder) or not isinstance(getattr(encoder, "output_dim", None), int):
             raise PluginError(f"encoder {self.name!r}: build() must return an Encoder with an int output_dim")
         return encoder
+
+
+def check_output(spec: EncoderSpec, encoder: Encoder, out: Any, batch_size: int) -> None:
+    """The shape contract of an encoder's output for ``batch_size`` inputs, checked on every forward pass
+    of a model: a mistake is a :class:`PluginError` naming the encoder and the distribution it comes from,
+    not a shape error deep inside the fusion module."""
+    who = f"encoder {spec.name!r} (plugin {spec.plugin or '?'}, {spec.distribution or '?'} {spec.version})".rstrip()
+
+    def fail(problem: str) -> None:
+        raise PluginError(f"{who} broke the encoder contract: {problem}. Fix the plugin, or ask its authors "
+                          "to (run mmassist.core.contract.testing.check_encoder on it)")
+
+    if not isinstance(out, EncoderOutput):
+        fail(f"forward() must return an EncoderOutput, not {type(out).__name__}")
+    features, width = out.features, encoder.output_dim
+    if not isinstance(features, torch.Tensor) or features.dim() != 3:
+        fail(f"features must be a (B, T, D) tensor, got {tuple(getattr(features, 'shape', ())) or type(features)}")
+    b, t, d = features.shape
+    if b != batch_size:
+        fail(f"features has {b} rows for {batch_size} inputs")
+    if d != width:
+        hint = " (it looks like (B, D, T): transpose it to (B, T, D))" if t == width else ""
+        fail(f"features is {tuple(features.shape)}, its last dimension must be output_dim={width}{hint}")
+    mask = out.mask
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (b, t) or mask.dtype != torch.bool:
+        fail(f"mask must be a bool tensor of shape (B, T) = {(b, t)}, got "
+             f"{getattr(mask, 'dtype', type(mask))} {tuple(getattr(mask, 'shape', ()))}")
 
 
 def pad_sequences(seqs: Sequence[torch.Tensor], pad_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -84,14 +84,16 @@ def register_encoders(register: Callable[["EncoderSpec"], None]) -> None:
 
 @hookspec
 def register_models(register: Callable[["ModelSource"], None]) -> None:
-    """Register named models: checkpoint folders a user loads by name, as ``Assistant.from_pretrained("starter")``.
+    """Register named models: checkpoint folders a user loads by name, as ``Assistant.from_pretrained("starter")``,
+    and pretrained decoders a config names, as ``decoder.path: smollm2-135m-instruct``.
 
     Called once per plugin when a :class:`mmassist.core.Host` starts. The starter recipe registers
-    ``starter`` this way; a distribution that ships a model does the same.
+    ``starter`` this way, and the built-in decoders their names; a distribution that ships a model does the same.
 
-    :param register: call ``register(ModelSource(name, path))`` once per model; ``path()`` returns the
-        folder now (it may prefer a copy the user installed over the one shipped). A name another plugin
-        holds is an error, as for encoders.
+    :param register: call ``register(ModelSource(name, path))`` once per model (``kind="decoder"`` for a
+        Hugging Face causal LM); ``path()`` returns the folder now (it may prefer a copy the user installed
+        over the one shipped, or convert a file once into the cache). A name another plugin holds is an
+        error, as for encoders.
     :return: nothing; return values are ignored.
 
     .. versionadded:: 0.1

@@ -16,7 +16,7 @@ from mmassist.core.errors import UndecodableInputError, UnsupportedInputError
 
 PIL_IMAGE_MIME = "image/x-pil"
 TEXT_MIME = "text/plain"
-_SNIFF_BYTES = 64
+SNIFF_BYTES = 64
 # A string longer than this, or with a newline, is text, never a path.
 _MAX_PATH_CHARS = 4096
 
@@ -30,6 +30,13 @@ class Media:
     data: bytes | None = None
     value: Any = None
     name: str = ""
+    # The first bytes of a file or bytes input (what plugins' magic bytes are matched against).
+    head: bytes = b""
+
+    @property
+    def suffix(self) -> str:
+        """A path's extension in lower case (``.csv``), else ``""``."""
+        return self.path.suffix.lower() if self.path is not None else ""
 
     @property
     def modality(self) -> str:
@@ -53,8 +60,8 @@ class Media:
             data = bytes(item)
             if not data:
                 raise UndecodableInputError("the input is empty (0 bytes); give a non-empty file")
-            mime = sniff_mime(data[:_SNIFF_BYTES]) or _text_or_binary(data)
-            return cls(mime, data=data, name=f"<{len(data)} bytes>")
+            mime = sniff_mime(data[:SNIFF_BYTES]) or _text_or_binary(data)
+            return cls(mime, data=data, name=f"<{len(data)} bytes>", head=data[:SNIFF_BYTES])
         if isinstance(item, Path) or (isinstance(item, str) and _is_file(item)):
             return cls._of_path(Path(item))
         if isinstance(item, str):
@@ -74,9 +81,9 @@ class Media:
         if size == 0:
             raise UndecodableInputError(f"{path} is empty (0 bytes); give a non-empty file")
         with path.open("rb") as f:
-            head = f.read(_SNIFF_BYTES)
+            head = f.read(SNIFF_BYTES)
         mime = sniff_mime(head) or mimetypes.guess_type(path.name)[0] or _text_or_binary(head)
-        return cls(mime, path=path, name=str(path))
+        return cls(mime, path=path, name=str(path), head=head)
 
 
 def _is_file(text: str) -> bool:

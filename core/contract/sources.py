@@ -14,13 +14,22 @@ _MODEL_NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
 _SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.-]+$")  # two characters at least: "C:" is a drive, not a scheme
 
 
+MODEL_KINDS = ("assistant", "decoder")
+
+
 @dataclass(frozen=True)
 class ModelSource:
-    """A model a user loads by name. ``path()`` returns its checkpoint folder."""
+    """A model a user loads by name. ``path()`` returns its folder: for ``kind="assistant"`` a mmassist
+    checkpoint (``Assistant.from_pretrained(name)``), for ``kind="decoder"`` a Hugging Face causal LM folder
+    (``decoder.path: <name>``), which ``path()`` may build on first use (e.g. from a GGUF file, with
+    :func:`mmassist.core.runtime.pretrained.gguf_folder`). ``requires`` is the pip requirement that provides
+    its files, named in the error when they are missing."""
 
     name: str
     path: Callable[[], Path]
     description: str = ""
+    kind: str = "assistant"
+    requires: str = ""
     plugin: str = ""
     distribution: str = ""
     version: str = ""
@@ -30,6 +39,8 @@ class ModelSource:
             raise PluginError(f"model name {self.name!r} must be lower case letters, digits, '.', '_' or '-'")
         if not callable(self.path):
             raise PluginError(f"model {self.name!r}: path must be a function that returns the folder")
+        if self.kind not in MODEL_KINDS:
+            raise PluginError(f"model {self.name!r}: kind must be one of {', '.join(MODEL_KINDS)}, not {self.kind!r}")
 
 
 @dataclass(frozen=True)

@@ -20,17 +20,25 @@ from typing import Any
 import torch
 
 from mmassist.core.contract.encoders import Encoder, EncoderOutput, EncoderSpec
-from mmassist.core.contract.media import Media, mime_matches
+from mmassist.core.contract.host import Host
+from mmassist.core.contract.media import Media
+from mmassist.core.errors import MMAssistError
 
 
-def check_encoder(spec: EncoderSpec, tmp_dir: Path, inputs: list[Any] | None = None) -> EncoderOutput:
+def check_encoder(spec: EncoderSpec, tmp_dir: Path, inputs: list[Any] | None = None,
+                  host: Host | None = None) -> EncoderOutput:
     """Build ``spec`` tiny, encode real inputs and check the output contract; return the output.
 
-    Checks: the spec has a tiny config and example inputs; every example input is a MIME type the
-    spec accepts; ``preprocess`` gives CPU tensors; ``forward`` gives features (B, T, output_dim),
-    a bool mask (B, T) with at least one real token per input, an optional long time index (B, T)
-    and pooled (B, output_dim); all values finite; gradients reach every trainable parameter that
-    the output depends on; results do not depend on what else is in the batch.
+    Checks: the spec has a tiny config and example inputs; every example input is of a type the spec
+    accepts (a MIME type or a declared extension or magic bytes) and the host routes it to this encoder
+    when it is the only candidate, through every plugin's ``route_input`` (the plugin's own included),
+    none of which fails on it; ``preprocess`` gives CPU tensors; ``forward`` gives features
+    (B, T, output_dim), a bool mask (B, T) with at least one real token per input, an optional long time
+    index (B, T) and pooled (B, output_dim); all values finite; gradients reach every trainable parameter
+    that the output depends on; results do not depend on what else is in the batch.
+
+    :param host: the :class:`mmassist.core.Host` the spec was registered with (default: a new one, which
+        finds installed plugins through their entry points).
     """
     assert spec.tiny_config is not None, f"{spec.name}: EncoderSpec.tiny_config is required for tests"
     assert spec.example_inputs is not None, f"{spec.name}: EncoderSpec.example_inputs is required for tests"
@@ -40,9 +48,11 @@ def check_encoder(spec: EncoderSpec, tmp_dir: Path, inputs: list[Any] | None = N
     assert len(items) >= 2, f"{spec.name}: example_inputs must give at least two inputs"
     media = [Media.of(x) for x in items]
     for m in media:
-        assert mime_matches(m.mime_type, spec.mime_types), (
-            f"{spec.name}: example input {m.name} has type {m.mime_type}, not one of {spec.mime_types}"
+        assert spec.accepts(m), (
+            f"{spec.name}: example input {m.name} has type {m.mime_type}, not one of {spec.mime_types}, "
+            f"and is not of its declared file types (extensions {spec.extensions}, magic {spec.magic})"
         )
+    _check_routing(spec, media, host if host is not None else Host())
 
     encoder = spec.create(spec.tiny_config())
     assert isinstance(encoder, Encoder)
@@ -75,6 +85,23 @@ def check_encoder(spec: EncoderSpec, tmp_dir: Path, inputs: list[Any] | None = N
             f"{spec.name}: no gradient reaches the encoder's trainable parameters"
         )
     return out
+
+
+def _check_routing(spec: EncoderSpec, media: list[Media], host: Host) -> None:
+    """Every example input routes to ``spec`` when it is the only candidate, and no plugin's
+    ``route_input`` fails on it (with every encoder as a candidate, too)."""
+    assert spec.name in host.encoders and host.encoders.get(spec.name).plugin == spec.plugin, (
+        f"{spec.name}: the host given does not hold this spec (pass the host it was registered with)")
+    failed_before = len(host.failed_plugins)
+    for m in media:
+        routed, _ = host.route(m, candidates=[spec.name])
+        assert routed.name == spec.name, f"{spec.name}: {m.name} is routed to {routed.name}"
+        try:
+            host.route(m)
+        except MMAssistError:
+            pass  # another encoder's decoder may refuse it: not this contract's business
+    broken = host.failed_plugins[failed_before:]
+    assert not broken, f"{spec.name}: routing its example inputs failed: " + "; ".join(map(str, broken))
 
 
 def _check_output(spec: EncoderSpec, encoder: Encoder, out: EncoderOutput, batch_size: int) -> None:

@@ -3,13 +3,16 @@
 Three families of formats, chosen by the task and detected from the file's extension and content:
 
 - Conversations (``chat``, ``vqa``, and ``caption``): JSON arrays or JSONL, in the LLaVA style
-  (``image``/``video`` fields, ``conversations`` of ``human``/``gpt`` turns) or the OpenAI style
-  (``messages`` whose content is a string or typed parts). They are normalised the way
+  (``image``/``video`` fields, or a field named after any installed modality, ``conversations`` of
+  ``human``/``gpt`` turns) or the OpenAI style (``messages`` whose content is a string or typed parts). They are normalised the way
   :mod:`mmassist.core.runtime.processor` normalises a prompt at inference, with the same role and part aliases.
 - Captions (``caption``): a folder of media files with ``captions.jsonl`` or ``captions.csv``
   (``file``, ``caption``), or one of those files given directly.
 - Classification (``classification``): TSV, CSV or JSONL with a text (or media path) column and a
   label column. SST-2's headerless ``sentence<TAB>label`` works as is.
+
+No modality is named here: what a file is, and which modalities records may name, is whatever the host's
+plugins read (:class:`MediaTypes`): a file's modality is the encoder the host routes it to.
 
 Every problem is a :class:`~mmassist.core.errors.DataFormatError` naming the file and the 1-based line.
 Media paths are resolved against the data file's folder and may not leave it (no ``..``, no
@@ -31,22 +34,50 @@ from typing import Any, Iterator, Mapping, Sequence
 from mmassist.core.runtime.config import DataConfig, TaskConfig
 from mmassist.core.errors import ConfigError, DataFormatError, MMAssistError, UnsupportedInputError
 from mmassist.core.contract.host import Host
-from mmassist.core.contract.media import Media
 from mmassist.core.contract.sources import uri_scheme
 from mmassist.core.runtime.model import placeholder_token
 from mmassist.core.runtime.processor import ROLE_ALIASES, caption_prompt, content_parts
 
-MEDIA_MODALITIES = ("image", "video", "audio")
 CAPTION_FILES = ("captions.jsonl", "captions.csv")
-# A classification cell ending in one of these is meant as a media file, not as text. A fixed list,
-# not the system's mimetypes table, so the same file loads the same way everywhere.
-MEDIA_SUFFIXES = frozenset(
-    ".png .jpg .jpeg .gif .bmp .tif .tiff .webp "
-    ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg "
-    ".wav .mp3 .flac .ogg .oga .m4a .opus .aac".split()
-)
-_PLACEHOLDER_RE = re.compile("|".join(re.escape(placeholder_token(m)) for m in MEDIA_MODALITIES))
 _KNOWN_ROLES = ", ".join(sorted(ROLE_ALIASES))
+
+
+@dataclass(frozen=True)
+class MediaTypes:
+    """What the host's plugins read, as the readers need it: the modalities of file-reading encoders
+    (record fields and content parts may name them), their placeholders, and the file endings a
+    classification cell must end in to be read as a media file rather than as text (those the
+    plugins declare and those their MIME types map to)."""
+
+    host: Host
+    modalities: tuple[str, ...]
+    suffixes: frozenset[str]
+    placeholder_re: re.Pattern | None
+
+    @classmethod
+    def of(cls, host: Host) -> "MediaTypes":
+        modalities = tuple(host.media_modalities())
+        suffixes = frozenset(e for m in modalities for e in host.file_extensions(m))
+        pattern = re.compile("|".join(re.escape(placeholder_token(m)) for m in modalities)) if modalities else None
+        return cls(host, modalities, suffixes, pattern)
+
+    def placeholders(self, text: str) -> list[str]:
+        """The modalities of the placeholders in ``text``, in order."""
+        return [m.group()[1:-1] for m in self.placeholder_re.finditer(text)] if self.placeholder_re else []
+
+    def modality_of(self, path: Path, value: str, loc: "_Loc") -> str:
+        """The modality of the encoder the host routes a media file to."""
+        media_encoders = [s.name for s in self.host.encoders if s.modality in self.modalities]
+        try:
+            spec, _ = self.host.route(path, candidates=media_encoders)
+        except MMAssistError as e:  # an empty file, or a type no plugin reads
+            raise loc.error(f"media file {value!r}: {e}") from None
+        return spec.modality
+
+    def describe(self) -> str:
+        """``<image>, <video> or <signal>`` for messages."""
+        tags = [placeholder_token(m) for m in self.modalities]
+        return " or ".join([", ".join(tags[:-1]), tags[-1]] if len(tags) > 1 else tags) or "none"
 
 
 @dataclass(frozen=True)
@@ -55,8 +86,8 @@ class Example:
 
     ``source`` is ``"<file>:<line>"`` (1-based; ``"<file>#<index>"`` for a JSON array that puts
     several records on one line). Conversation-like tasks (chat, vqa, caption) fill
-    ``messages`` (``{"role", "content"}`` dicts whose text holds one ``<image>``/``<video>``/
-    ``<audio>`` placeholder per media item) and ``media`` (``(modality, absolute path)`` in
+    ``messages`` (``{"role", "content"}`` dicts whose text holds one ``<image>``, ``<video>``... (any
+    installed modality's) placeholder per media item) and ``media`` (``(modality, absolute path)`` in
     placeholder order). Classification fills ``label`` and either ``text`` or one ``media`` item.
     """
 
@@ -129,16 +160,6 @@ def _resolve_media(base: Path, value: Any, loc: _Loc) -> Path:
         raise loc.error(f"media path {value!r:.120} is not a usable file name ({reason}); "
                         "give the path of a file inside the data folder") from None
     return path
-
-
-def _sniff_modality(path: Path, value: str, loc: _Loc) -> str:
-    try:
-        modality = Media.of(path).modality
-    except MMAssistError as e:  # an empty file, mostly
-        raise loc.error(f"media file {value!r}: {e}") from None
-    if modality not in MEDIA_MODALITIES:
-        raise loc.error(f"{value!r} is not an image, video or audio file (its content reads as {modality})")
-    return modality
 
 
 # -- reading files ------------------------------------------------------------------------------
@@ -294,15 +315,17 @@ def load_examples(path: str | Path, task: TaskConfig, data: DataConfig, host: Ho
     plugin registered is resolved through ``host`` first (default: a new :class:`Host`): the built-in
     ``bundled:<dataset>/<file>`` names a file of the project's bundled data, built on first use.
     """
+    host = host or Host()
+    types = MediaTypes.of(host)
     if uri_scheme(path) is not None:
-        path = (host or Host()).resolve_data(path)
+        path = host.resolve_data(path)
     path = Path(path)
     if path.is_dir():
         if task.kind != "caption":
             raise DataFormatError(f"is a folder; a {task.kind} task reads a data file "
                                   f"({'TSV, CSV or JSONL' if task.kind == 'classification' else 'JSON or JSONL'})",
                                   path=str(path))
-        return _load_caption_folder(path, task)
+        return _load_caption_folder(path, task, types)
     if not path.exists():
         raise DataFormatError("the data file does not exist", path=str(path))
     text = _read_text(path)
@@ -311,13 +334,13 @@ def load_examples(path: str | Path, task: TaskConfig, data: DataConfig, host: Ho
 
     if task.kind == "classification":
         if file_kind == "table":
-            return _require_examples(_classification_table(path, text, base, task, data), path)
-        return _require_examples([_classification_record(loc, rec, base, task, data)
+            return _require_examples(_classification_table(path, text, base, task, data, types), path)
+        return _require_examples([_classification_record(loc, rec, base, task, data, types)
                                   for loc, rec in _iter_records(path, text)], path)
 
     if file_kind == "table":
         if task.kind == "caption":
-            return _require_examples(_caption_table(path, text, base, task), path)
+            return _require_examples(_caption_table(path, text, base, task, types), path)
         raise DataFormatError(f"a {task.kind} task reads conversations from JSON or JSONL files, "
                               f"not {path.suffix or 'tabular'} files", path=str(path))
     examples = []
@@ -325,9 +348,9 @@ def load_examples(path: str | Path, task: TaskConfig, data: DataConfig, host: Ho
         if not isinstance(rec, dict):
             raise loc.error(f"a record must be a JSON object, got {_json_type(rec)}")
         if task.kind == "caption" and "caption" in rec and "conversations" not in rec and "messages" not in rec:
-            examples.append(_caption_example(loc, rec.get("file"), rec.get("caption"), base, task))
+            examples.append(_caption_example(loc, rec.get("file"), rec.get("caption"), base, task, types))
         else:
-            examples.append(_conversation(loc, rec, base))
+            examples.append(_conversation(loc, rec, base, types))
     return _require_examples(examples, path)
 
 
@@ -372,6 +395,7 @@ def load_splits(data: DataConfig, task: TaskConfig, host: Host | None = None) ->
     """
     if not data.train:
         raise ConfigError("data.train is not set; give a training data file or captions folder")
+    host = host or Host()
     train = load_examples(data.train, task, data, host)
     validation = load_examples(data.validation, task, data, host) if data.validation else None
     test = load_examples(data.test, task, data, host) if data.test else None
@@ -390,7 +414,7 @@ def load_splits(data: DataConfig, task: TaskConfig, host: Host | None = None) ->
 # -- conversations -------------------------------------------------------------------------------
 
 
-def _conversation(loc: _Loc, rec: dict, base: Path) -> Example:
+def _conversation(loc: _Loc, rec: dict, base: Path, types: MediaTypes) -> Example:
     """One LLaVA- or OpenAI-style record as messages with placeholders and media in their order."""
     if "conversations" in rec and "messages" in rec:
         raise loc.error("a record has both 'conversations' (LLaVA) and 'messages' (OpenAI); keep one")
@@ -401,10 +425,10 @@ def _conversation(loc: _Loc, rec: dict, base: Path) -> Example:
     if not isinstance(turns, list) or not turns:
         raise loc.error(f"'conversations'/'messages' must be a non-empty list, got {turns!r:.80}")
 
-    # Media named at the record's top level (LLaVA's image/video, or images/videos/audios beside
-    # OpenAI messages whose parts carry no path), per modality, in order.
+    # Media named at the record's top level (LLaVA's image/video, or images/videos/... beside OpenAI
+    # messages whose parts carry no path), per modality, in order.
     top: dict[str, list[Any]] = {}
-    for modality in MEDIA_MODALITIES:
+    for modality in types.modalities:
         singular, plural = modality, modality + "s"
         if singular in rec and plural in rec:
             raise loc.error(f"a record has both {singular!r} and {plural!r}; keep one")
@@ -415,7 +439,7 @@ def _conversation(loc: _Loc, rec: dict, base: Path) -> Example:
 
     # Per modality, one slot per placeholder in text order: a path from a typed part, or None
     # for a placeholder to fill from the top-level list.
-    slots: dict[str, list[Any]] = {m: [] for m in MEDIA_MODALITIES}
+    slots: dict[str, list[Any]] = {m: [] for m in types.modalities}
     messages: list[dict[str, str]] = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
@@ -429,7 +453,7 @@ def _conversation(loc: _Loc, rec: dict, base: Path) -> Example:
         if "content" not in turn and "value" not in turn:
             raise loc.error(f"turn {i} has no 'content' (or LLaVA 'value')")
         content = turn.get("content", turn.get("value"))
-        messages.append({"role": role, "content": _content_text(content, slots, loc, i)})
+        messages.append({"role": role, "content": _content_text(content, slots, loc, i, types)})
 
     if not any(m["role"] == "assistant" for m in messages):
         raise loc.error("the conversation has no assistant turn; there is nothing to learn from it")
@@ -446,7 +470,7 @@ def _conversation(loc: _Loc, rec: dict, base: Path) -> Example:
             slots[modality] = [None] * len(items)
 
     paths: dict[str, list[Path]] = {}
-    for modality in MEDIA_MODALITIES:
+    for modality in types.modalities:
         free = sum(1 for s in slots[modality] if s is None)
         given = top.get(modality, [])
         if free != len(given):
@@ -457,18 +481,18 @@ def _conversation(loc: _Loc, rec: dict, base: Path) -> Example:
         fill = iter(given)
         paths[modality] = [_resolve_media(base, next(fill) if s is None else s, loc) for s in slots[modality]]
 
-    return Example(loc.source, tuple(messages), _media_in_text_order(messages, paths))
+    return Example(loc.source, tuple(messages), _media_in_text_order(messages, paths, types))
 
 
-def _content_text(content: Any, slots: dict[str, list[Any]], loc: _Loc, turn: int) -> str:
+def _content_text(content: Any, slots: dict[str, list[Any]], loc: _Loc, turn: int, types: MediaTypes) -> str:
     """A turn's text, as :meth:`mmassist.core.runtime.processor.Processor.conversation` builds it at inference."""
     if isinstance(content, str):
-        _count_placeholders(content, slots)
+        _count_placeholders(content, slots, types)
         return content
     if not isinstance(content, list):
         raise loc.error(f"turn {turn}: content must be a string or a list of parts, got {_json_type(content)}")
     try:
-        parts = content_parts(content, MEDIA_MODALITIES)
+        parts = content_parts(content, types.modalities)
     except UnsupportedInputError as e:
         raise loc.error(f"turn {turn}: {e}") from None
     pieces = []
@@ -476,7 +500,7 @@ def _content_text(content: Any, slots: dict[str, list[Any]], loc: _Loc, turn: in
         if kind == "text":
             if not isinstance(value, str):
                 raise loc.error(f"turn {turn}: a text part's 'text' must be a string")
-            _count_placeholders(value, slots)
+            _count_placeholders(value, slots, types)
             pieces.append(value)
         else:
             slots[kind].append(value)
@@ -484,18 +508,17 @@ def _content_text(content: Any, slots: dict[str, list[Any]], loc: _Loc, turn: in
     return "".join(pieces)
 
 
-def _count_placeholders(text: str, slots: dict[str, list[Any]]) -> None:
-    for match in _PLACEHOLDER_RE.finditer(text):
-        slots[match.group()[1:-1]].append(None)
+def _count_placeholders(text: str, slots: dict[str, list[Any]], types: MediaTypes) -> None:
+    for modality in types.placeholders(text):
+        slots[modality].append(None)
 
 
-def _media_in_text_order(messages: Sequence[Mapping[str, str]],
-                         paths: dict[str, list[Path]]) -> tuple[tuple[str, Path], ...]:
+def _media_in_text_order(messages: Sequence[Mapping[str, str]], paths: dict[str, list[Path]],
+                         types: MediaTypes) -> tuple[tuple[str, Path], ...]:
     queues = {m: iter(p) for m, p in paths.items()}
     out = []
     for msg in messages:
-        for match in _PLACEHOLDER_RE.finditer(msg["content"]):
-            modality = match.group()[1:-1]
+        for modality in types.placeholders(msg["content"]):
             out.append((modality, next(queues[modality])))
     return tuple(out)
 
@@ -503,7 +526,7 @@ def _media_in_text_order(messages: Sequence[Mapping[str, str]],
 # -- captions --------------------------------------------------------------------------------------
 
 
-def _load_caption_folder(folder: Path, task: TaskConfig) -> list[Example]:
+def _load_caption_folder(folder: Path, task: TaskConfig, types: MediaTypes) -> list[Example]:
     found = [folder / name for name in CAPTION_FILES if (folder / name).is_file()]
     if not found:
         raise DataFormatError(f"a captions folder needs a {' or '.join(CAPTION_FILES)} file "
@@ -515,16 +538,16 @@ def _load_caption_folder(folder: Path, task: TaskConfig) -> list[Example]:
     text = _read_text(path)
     base = folder.resolve()
     if path.suffix == ".csv":
-        return _require_examples(_caption_table(path, text, base, task), path)
+        return _require_examples(_caption_table(path, text, base, task, types), path)
     examples = []
     for loc, rec in _iter_records(path, text):
         if not isinstance(rec, dict):
             raise loc.error(f"a record must be a JSON object, got {_json_type(rec)}")
-        examples.append(_caption_example(loc, rec.get("file"), rec.get("caption"), base, task))
+        examples.append(_caption_example(loc, rec.get("file"), rec.get("caption"), base, task, types))
     return _require_examples(examples, path)
 
 
-def _caption_table(path: Path, text: str, base: Path, task: TaskConfig) -> list[Example]:
+def _caption_table(path: Path, text: str, base: Path, task: TaskConfig, types: MediaTypes) -> list[Example]:
     rows = _iter_rows(path, text, _delimiter(path, text))
     header_loc, header = next(rows, (None, None))
     if header is None:
@@ -537,20 +560,21 @@ def _caption_table(path: Path, text: str, base: Path, task: TaskConfig) -> list[
     examples = []
     for loc, row in rows:
         _check_width(loc, row, len(columns), "the header")
-        examples.append(_caption_example(loc, row[i_file], row[i_caption], base, task))
+        examples.append(_caption_example(loc, row[i_file], row[i_caption], base, task, types))
     return examples
 
 
-def _caption_example(loc: _Loc, file: Any, caption: Any, base: Path, task: TaskConfig) -> Example:
+def _caption_example(loc: _Loc, file: Any, caption: Any, base: Path, task: TaskConfig,
+                     types: MediaTypes) -> Example:
     if file is None or caption is None:
         missing = " and ".join(k for k, v in (("file", file), ("caption", caption)) if v is None)
         raise loc.error(f"a caption record needs 'file' and 'caption'; {missing} missing")
     if not isinstance(caption, str) or not caption.strip():
         raise loc.error(f"the caption must be a non-empty string, got {caption!r:.80}")
-    if _PLACEHOLDER_RE.search(caption):
-        raise loc.error("the caption holds a media placeholder (<image>, <video> or <audio>); remove it")
+    if types.placeholders(caption):
+        raise loc.error(f"the caption holds a media placeholder ({types.describe()}); remove it")
     path = _resolve_media(base, file, loc)
-    modality = _sniff_modality(path, file, loc)
+    modality = types.modality_of(path, file, loc)
     tag = placeholder_token(modality)
     prompt = task.prompt or caption_prompt(modality)
     user = prompt if tag in prompt else f"{tag}\n{prompt}"
@@ -561,7 +585,8 @@ def _caption_example(loc: _Loc, file: Any, caption: Any, base: Path, task: TaskC
 # -- classification ----------------------------------------------------------------------------------
 
 
-def _classification_table(path: Path, text: str, base: Path, task: TaskConfig, data: DataConfig) -> list[Example]:
+def _classification_table(path: Path, text: str, base: Path, task: TaskConfig, data: DataConfig,
+                          types: MediaTypes) -> list[Example]:
     rows = _iter_rows(path, text, _delimiter(path, text))
     first_loc, first = next(rows, (None, None))
     if first is None:
@@ -589,11 +614,12 @@ def _classification_table(path: Path, text: str, base: Path, task: TaskConfig, d
     examples = []
     for loc, row in body:
         _check_width(loc, row, width, "the header" if has_header else "the first row")
-        examples.append(_classification_example(loc, row[i_text], row[i_label], base, task))
+        examples.append(_classification_example(loc, row[i_text], row[i_label], base, task, types))
     return examples
 
 
-def _classification_record(loc: _Loc, rec: Any, base: Path, task: TaskConfig, data: DataConfig) -> Example:
+def _classification_record(loc: _Loc, rec: Any, base: Path, task: TaskConfig, data: DataConfig,
+                           types: MediaTypes) -> Example:
     if not isinstance(rec, dict):
         raise loc.error(f"a record must be a JSON object, got {_json_type(rec)}")
     missing = [k for k in (data.text_column, data.label_column) if k not in rec]
@@ -606,10 +632,11 @@ def _classification_record(loc: _Loc, rec: Any, base: Path, task: TaskConfig, da
         raise loc.error(f"{data.text_column!r} must be a string (text or a media path), got {_json_type(value)}")
     if isinstance(label, bool) or not isinstance(label, (str, int)):
         raise loc.error(f"{data.label_column!r} must be a string or an integer, got {_json_type(label)}")
-    return _classification_example(loc, value, str(label), base, task)
+    return _classification_example(loc, value, str(label), base, task, types)
 
 
-def _classification_example(loc: _Loc, value: str, raw_label: str, base: Path, task: TaskConfig) -> Example:
+def _classification_example(loc: _Loc, value: str, raw_label: str, base: Path, task: TaskConfig,
+                            types: MediaTypes) -> Example:
     raw_label = raw_label.strip()
     if not raw_label:
         raise loc.error("the label is empty")
@@ -619,9 +646,9 @@ def _classification_example(loc: _Loc, value: str, raw_label: str, base: Path, t
             raise loc.error(f"unknown label {raw_label!r}; known labels: {_known_labels(task.labels)}")
     else:
         label = raw_label
-    if _looks_like_media_path(value):
+    if _looks_like_media_path(value, types):
         path = _resolve_media(base, value, loc)
-        return Example(loc.source, media=((_sniff_modality(path, value, loc), path),), label=label)
+        return Example(loc.source, media=((types.modality_of(path, value, loc), path),), label=label)
     if not value.strip():
         raise loc.error("the text is empty")
     return Example(loc.source, text=value, label=label)
@@ -643,11 +670,12 @@ def _known_labels(labels: Sequence[str]) -> str:
     return ", ".join(labels) + f" (or their indices 0-{len(labels) - 1})"
 
 
-def _looks_like_media_path(value: str) -> bool:
-    """Whether a cell names a media file (one line ending in a media extension) rather than being text."""
+def _looks_like_media_path(value: str, types: MediaTypes) -> bool:
+    """Whether a cell names a media file (one line ending in a file ending an installed plugin reads)
+    rather than being text."""
     if "\n" in value or len(value) > 1024:
         return False
-    return os.path.splitext(value.strip())[1].lower() in MEDIA_SUFFIXES
+    return os.path.splitext(value.strip())[1].lower() in types.suffixes
 
 
 # -- small helpers -----------------------------------------------------------------------------------

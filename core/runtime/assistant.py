@@ -86,7 +86,7 @@ class Assistant:
         """A new, untrained assistant (pretrained parts loaded as the config says)."""
         cfg = FusionConfig.coerce(cfg)
         host = host or Host()
-        tokenizer = build_tokenizer_for(cfg)
+        tokenizer = build_tokenizer_for(cfg, host)
         model = MultimodalModel(cfg, host, tokenizer)
         return cls(model, tokenizer, cfg, host, device=device, dtype=dtype)
 
@@ -94,9 +94,13 @@ class Assistant:
     def from_pretrained(cls, path: str | Path, *, host: Host | None = None,
                         device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "Assistant":
         """Load a checkpoint folder written by :meth:`save_pretrained` or ``core.finetune``, or
-        a model name a plugin registered (:meth:`Host.model_folder`), such as ``"starter"``."""
+        a model name a plugin registered (:meth:`Host.model_folder`), such as ``"starter"``. A registered
+        decoder's name (``"smollm2-135m-instruct"``) gives that pretrained LM alone, untrained, text only."""
         from transformers import AutoTokenizer
         host = host or Host()
+        source = host.model_source(path)
+        if source is not None and source.kind == "decoder":  # the pretrained LM alone, as a text assistant
+            return cls.from_config({"decoder": {"path": source.name}}, host=host, device=device, dtype=dtype)
         path = host.model_folder(path)
         cfg, manifest = read_checkpoint(path, host)
         cfg = without_initial_weights(cfg, manifest, host)

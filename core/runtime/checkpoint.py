@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -142,14 +143,18 @@ def manifest(model, cfg: FusionConfig, host: Host, extra: dict | None = None) ->
         spec = host.encoders.get(enc_cfg.name)
         encoders[m] = {"name": spec.name, "plugin": spec.plugin, "distribution": spec.distribution,
                        "version": spec.version}
-    return {
+    out = {
         "format_version": FORMAT_VERSION,
         "mmassist_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "encoders": encoders,
         "referenced": referenced_prefixes(model),
-        **(extra or {}),
     }
+    source = host.model_source(cfg.decoder.path) if cfg.decoder.path else None
+    if source is not None:  # a decoder by registered name: say where it comes from, for a machine without it
+        out["decoder"] = {"name": source.name, "requires": source.requires, "plugin": source.plugin,
+                          "distribution": source.distribution, "version": source.version}
+    return {**out, **(extra or {})}
 
 
 def read_checkpoint(path: str | Path, host: Host) -> tuple[FusionConfig, dict[str, Any]]:
@@ -168,8 +173,30 @@ def read_checkpoint(path: str | Path, host: Host) -> tuple[FusionConfig, dict[st
                 f"{path} needs the encoder {enc['name']!r} for {m} input, from {dist} {enc.get('version', '')}; "
                 f"install it with: pip install {dist}"
             )
+        _check_origin(path, m, enc, host.encoders.get(enc["name"]))
+    decoder = man.get("decoder")
+    if decoder and decoder["name"] not in host.models:
+        what = decoder.get("requires") or decoder.get("distribution") or "the plugin that registers it"
+        raise MissingPluginError(f"{path} is built on the decoder {decoder['name']!r}, which no installed plugin "
+                                 f"registers; it comes from {what}: pip install {what}")
     cfg = FusionConfig.from_dict(json.loads((path / CONFIG).read_text(encoding="utf-8")))
     return cfg, man
+
+
+def _check_origin(path: Path, modality: str, saved: Mapping[str, Any], spec: Any) -> None:
+    """The encoder a checkpoint names must come from the distribution it was made with: two plugins may
+    register one name, and another's weights layout would load wrong or not at all. Another version of the
+    same distribution is a warning (its preprocessing may have changed)."""
+    dist = saved.get("distribution")
+    if dist and spec.distribution and dist != spec.distribution:
+        raise MissingPluginError(
+            f"{path} was made with the encoder {saved['name']!r} of {dist} for {modality} input, but here that "
+            f"name comes from {spec.distribution} ({spec.plugin}); install {dist} (pip install {dist}) and "
+            f"uninstall {spec.distribution}, or set MMASSIST_LOAD_PLUGINS to load only the one you want")
+    version = saved.get("version")
+    if dist and version and spec.version and version != spec.version:
+        warnings.warn(f"{path} was made with {dist} {version} (encoder {saved['name']!r}); {spec.version} is "
+                      "installed here, and its outputs may differ", stacklevel=3)
 
 
 def without_initial_weights(cfg: FusionConfig, manifest: dict[str, Any], host: Host) -> FusionConfig:

@@ -67,7 +67,10 @@ class EncoderConfig:
 class DecoderConfig:
     """The autoregressive decoder: a local Hugging Face causal LM, or a new one built from a config."""
 
-    path: str | None = help_field(None, help="local folder of a Hugging Face causal LM (weights + tokenizer)")
+    path: str | None = help_field(
+        None, help="the pretrained causal LM: a local Hugging Face folder (weights + tokenizer), a .gguf file "
+                   "(converted once into the cache), or a registered decoder name such as smollm2-135m-instruct "
+                   "(mmassist plugins lists them)")
     init: dict[str, Any] | None = help_field(
         None, help="build a new, randomly initialised decoder from these config values, e.g. "
                    "{model_type: llama, hidden_size: 64, num_hidden_layers: 2, ...}")
@@ -180,6 +183,7 @@ class LoraConfig:
         check_range("training.lora.dropout", self.dropout, 0.0, 1.0)
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
 METRICS = ("loss", "accuracy", "macro_f1", "exact_match", "bleu", "cider_d")
 GENERATED_METRICS = ("exact_match", "bleu", "cider_d")  # scored on answers generated during validation
 
@@ -221,6 +225,9 @@ class TrainingConfig:
     gradient_checkpointing: bool = help_field(False, help="recompute decoder activations in the backward "
                                                           "pass to save memory")
     compile: bool = help_field(False, help="torch.compile the decoder")
+    precision: str = help_field("auto", choices=PRECISIONS,
+                                help="compute dtype of the forward pass (weights stay float32): auto = bfloat16 "
+                                     "on a GPU, float32 on the CPU; bfloat16 autocast also on a CPU that has it")
     strategy: str = help_field("ddp", choices=("ddp", "fsdp"),
                                help="multi-process training: ddp (replicate) or fsdp (shard the decoder)")
     seed: int = help_field(0, help="random seed")
@@ -228,6 +235,7 @@ class TrainingConfig:
 
     def __post_init__(self):
         check_range("training.epochs", self.epochs, 0.0, lo_open=True)
+        check_choice("training.precision", self.precision, PRECISIONS)
         if self.max_steps is not None:
             check_range("training.max_steps", self.max_steps, 1)
         check_range("training.batch_size", self.batch_size, 1)

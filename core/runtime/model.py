@@ -15,9 +15,10 @@ from torch import nn
 
 from mmassist.core.runtime.config import FusionConfig
 from mmassist.core.runtime.tokenizer import CHATML_TEMPLATE, build_tokenizer
-from mmassist.core.contract.encoders import EncoderOutput
+from mmassist.core.contract.encoders import EncoderOutput, check_output
 from mmassist.core.errors import ConfigError
 from mmassist.core.runtime.feature_cache import FeatureCache
+from mmassist.core.runtime.pretrained import decoder_folder
 from mmassist.core.hf import quiet_transformers
 from mmassist.core.contract.host import Host
 from mmassist.fusion import FusionModule, IGNORE_INDEX, expand_placeholders, make_layout, splice, token_counts
@@ -70,15 +71,18 @@ class ModelOutput:
     attention_mask: torch.Tensor | None = None
 
 
-def build_tokenizer_for(cfg: FusionConfig):
-    """The decoder's tokenizer with one placeholder token per configured modality."""
+def build_tokenizer_for(cfg: FusionConfig, host: Host | None = None):
+    """The decoder's tokenizer with one placeholder token per configured modality.
+
+    :param host: resolves a registered decoder name in ``decoder.path`` (default: the built-in plugins').
+    """
     from transformers import AutoTokenizer
 
     placeholders = [placeholder_token(m) for m in cfg.encoders]
     dec = cfg.decoder
     if dec.tokenizer == "bytes":
         return build_tokenizer(placeholders=placeholders)
-    source = dec.path if dec.tokenizer == "auto" else dec.tokenizer
+    source = decoder_folder(dec.path, host) if dec.tokenizer == "auto" else dec.tokenizer
     if not Path(source).is_dir():
         raise ConfigError(f"decoder tokenizer folder {source!r} does not exist")
     with quiet_transformers():
@@ -95,8 +99,10 @@ def build_tokenizer_for(cfg: FusionConfig):
     return tok
 
 
-def build_decoder(cfg: FusionConfig, vocab_size: int) -> nn.Module:
-    """The causal LM from a local folder or from config values, with room for ``vocab_size`` tokens."""
+def build_decoder(cfg: FusionConfig, vocab_size: int, host: Host | None = None) -> nn.Module:
+    """The causal LM from a local folder, a GGUF file or a registered name
+    (:func:`mmassist.core.runtime.pretrained.decoder_folder`), or from config values, with room for
+    ``vocab_size`` tokens."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     dec = cfg.decoder
@@ -111,11 +117,9 @@ def build_decoder(cfg: FusionConfig, vocab_size: int) -> nn.Module:
             hf_cfg._attn_implementation = dec.attn_implementation
             model = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=dec.attn_implementation)
         else:
-            if not Path(dec.path).is_dir():
-                raise ConfigError(f"decoder.path={dec.path!r} is not a folder; give a local Hugging Face "
-                                  "causal LM folder, or decoder.init to build a new model")
+            folder = decoder_folder(dec.path, host)
             model = AutoModelForCausalLM.from_pretrained(
-                dec.path, attn_implementation=dec.attn_implementation, trust_remote_code=dec.trust_remote_code,
+                str(folder), attn_implementation=dec.attn_implementation, trust_remote_code=dec.trust_remote_code,
                 dtype=torch.float32,
             )
     old = model.get_input_embeddings().weight.shape[0]
@@ -145,11 +149,12 @@ class MultimodalModel(nn.Module):
     def __init__(self, cfg: FusionConfig, host: Host, tokenizer):
         super().__init__()
         self.cfg = cfg
+        self.encoder_specs = {m: host.encoders.get(e.name) for m, e in cfg.encoders.items()}
         self.encoders = nn.ModuleDict({
-            m: host.encoders.get(e.name).create(host.encoders.get(e.name).make_config(e.config, f"encoders.{m}.config"))
-            for m, e in cfg.encoders.items()
+            m: spec.create(spec.make_config(cfg.encoders[m].config, f"encoders.{m}.config"))
+            for m, spec in self.encoder_specs.items()
         })
-        self.decoder = build_decoder(cfg, len(tokenizer))
+        self.decoder = build_decoder(cfg, len(tokenizer), host)
         if cfg.training.dropout is not None:
             set_dropout(self.decoder, cfg.training.dropout)
         hidden = int(self.decoder.get_input_embeddings().weight.shape[1])
@@ -191,10 +196,15 @@ class MultimodalModel(nn.Module):
                 missing = batch.media_missing.get(m, [])
                 if missing:
                     with torch.no_grad():
-                        self.feature_cache.put([keys[i] for i in missing], self.encoders[m](**batch.media[m]))
+                        self.feature_cache.put([keys[i] for i in missing], self._encode(m, batch, len(missing)))
                 out[m] = self.feature_cache.get(keys)
             else:
-                out[m] = self.encoders[m](**batch.media[m])
+                out[m] = self._encode(m, batch, sum(row.count(m) for row in batch.item_modalities))
+        return out
+
+    def _encode(self, m: str, batch: Batch, n: int) -> EncoderOutput:
+        out = self.encoders[m](**batch.media[m])
+        check_output(self.encoder_specs[m], self.encoders[m], out, n)
         return out
 
     def embed(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:

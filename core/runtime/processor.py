@@ -28,32 +28,41 @@ from mmassist.fusion import IGNORE_INDEX
 
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                 "system": "system", "bot": "assistant", "model": "assistant"}
-PART_ALIASES = {"image_url": "image", "input_image": "image", "video_url": "video", "input_audio": "audio",
-                "audio_url": "audio"}
+def part_kind(part_type: Any) -> Any:
+    """The modality an OpenAI-style content part's ``type`` names: ``image_url`` and ``input_image`` read as
+    ``image``, and likewise ``<modality>_url`` and ``input_<modality>`` for every modality (``video_url``
+    is vLLM's convention); any other type is itself."""
+    if isinstance(part_type, str):
+        if part_type.endswith("_url") and len(part_type) > 4:
+            return part_type[:-4]
+        if part_type.startswith("input_") and len(part_type) > 6:
+            return part_type[6:]
+    return part_type
 
 
-def content_parts(content: Sequence[Any], media_kinds: Collection[str]) -> list[tuple[str, Any]]:
+def content_parts(content: Sequence[Any], media_kinds: Collection[str] | None = None) -> list[tuple[str, Any]]:
     """An OpenAI-style list of content parts as ``(kind, value)`` in order: ``("text", its text)`` or
-    ``(modality, the path, URL or bytes it names)`` for a media part (``image_url``, ``video_url``,
-    ``input_audio``... read as their modality). The one reader of content parts: chat prompts
-    (:meth:`Processor.conversation`) and data files (:mod:`mmassist.core.data`) both use it.
+    ``(modality, the path, URL or bytes it names)`` for a media part (``{"type": "image", "image": ...}``,
+    ``image_url``, ``input_<modality>``... read as their modality, :func:`part_kind`). The one reader of
+    content parts: chat prompts (:meth:`Processor.conversation`) and data files (:mod:`mmassist.core.data`).
 
-    :param media_kinds: the modalities a part may name; any other part is an error.
+    :param media_kinds: the modalities a part may name (None: any); any other part is an error.
     :raises UnsupportedInputError: for a part that is not text or one of ``media_kinds``.
     """
     out = []
     for part in content:
-        kind = PART_ALIASES.get(part.get("type"), part.get("type")) if isinstance(part, Mapping) else None
+        kind = part_kind(part.get("type")) if isinstance(part, Mapping) else None
         if kind == "text":
             out.append(("text", part.get("text", "")))
-        elif kind is not None and kind in media_kinds:
+        elif isinstance(kind, str) and kind and (media_kinds is None or kind in media_kinds):
             value = next((part[k] for k in (part.get("type"), kind, "url", "path", "data") if k in part), None)
             if isinstance(value, Mapping):  # {"image_url": {"url": ...}}
                 value = value.get("url", value.get("path"))
             out.append((kind, value))
         else:
-            raise UnsupportedInputError(f"unknown content part {part!r:.120}; parts are text, "
-                                        f"{', '.join(media_kinds)} or their aliases {', '.join(PART_ALIASES)}")
+            kinds = ", ".join(media_kinds) if media_kinds is not None else "a modality"
+            raise UnsupportedInputError(f"unknown content part {part!r:.120}; parts are text or {kinds} "
+                                        "(also as <modality>_url or input_<modality>)")
     return out
 
 
@@ -177,7 +186,7 @@ class Processor:
         if not isinstance(content, (list, tuple)):
             raise UnsupportedInputError(f"message {index}: content must be a string or a list of parts")
         try:
-            parts = content_parts(content, [*items, *(m for m in ("image", "video", "audio") if m not in items)])
+            parts = content_parts(content)  # a part of a modality this model lacks: _check_modality says so
         except UnsupportedInputError as e:
             raise UnsupportedInputError(f"message {index}: {e}") from None
         pieces = []

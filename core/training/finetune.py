@@ -236,8 +236,8 @@ class _Run:
         t = cfg.training
         seed_everything(t.seed)
         self.device = torch.device(f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu")
-        self.dtype = resolve_dtype(None, self.device)
-        self.tokenizer = build_tokenizer_for(cfg)
+        self.dtype = resolve_dtype(None if t.precision == "auto" else t.precision, self.device)
+        self.tokenizer = build_tokenizer_for(cfg, host)
         self.model = MultimodalModel(cfg, host, self.tokenizer)
         self.init_from, self.init_missing = init_from, None
         if resume_from is not None:
@@ -279,6 +279,7 @@ class _Run:
         self.control = TrainerControl()
         self.position = {"epoch": 0, "batch": 0}
         self.bad_evals = 0
+        self.best_metrics: tuple[int | None, dict[str, Any] | None] = (None, None)
         if resume_from is not None:
             loop = load_train_state(resume_from, self.model, self.optimizer, self.scheduler)
             self.position = {"epoch": loop["epoch"], "batch": loop["batch"]}
@@ -379,6 +380,7 @@ class _Run:
             value < self.state.best_metric if self.metric in LOWER_IS_BETTER else value > self.state.best_metric)
         if better:
             self.state.best_metric, self.state.best_step = value, self.state.step
+            self.best_metrics = (self.state.step, metrics)  # the final report reuses them: the model kept
             self.bad_evals = 0
             self.save_model(self.out / "best")
         else:
@@ -392,7 +394,8 @@ class _Run:
     def evaluate(self, split: str, generate_limit: int | None = None) -> dict[str, Any]:
         """Loss and task metrics on a split, computed the same way on every process."""
         if self._evaluator is None:
-            self._evaluator = Assistant(self.model, self.tokenizer, self.cfg, self.host, device=self.device)
+            self._evaluator = Assistant(self.model, self.tokenizer, self.cfg, self.host, device=self.device,
+                                        dtype=self.dtype)
         limit = self.cfg.training.eval_generate if generate_limit is None else generate_limit
         sharded = hasattr(self.model, "unshard")  # FSDP: generation calls parts outside forward()
         if sharded:
@@ -434,7 +437,11 @@ class _Run:
         metrics: dict[str, Any] = {"train_loss": self.state.loss, "steps": self.state.step,
                                    "best_step": self.state.best_step, self.metric + "_best": self.state.best_metric}
         if self.splits["validation"]:
-            metrics["validation"] = self.evaluate("validation")
+            # The kept model was evaluated when it was found best (unless this run was resumed since):
+            # evaluating it again would repeat the same numbers at the cost of a whole validation pass.
+            step, kept = self.best_metrics
+            metrics["validation"] = kept if kept is not None and step == self.state.best_step \
+                else self.evaluate("validation")
         if self.splits["test"]:
             metrics["test"] = self.evaluate("test", generate_limit=len(self.splits["test"]))
         state = trained_state(self.model)

@@ -1,0 +1,203 @@
+"""The starter assistant on a pretrained instruct LM (SmolLM2-135M-Instruct), taught to see with
+:func:`mmassist.core.training.finetune` the way LLaVA is taught:
+
+1. **backbones**: the tiny starter's trained image and video backbones (``test_resnet``, trained here on the
+   bundled shapes, digits and clips), taken out of its checkpoint;
+2. **align**: only the fusion module learns (MLP projectors, position and temporal embeddings), the LM and
+   the backbones frozen, on the mix's picture and clip turns;
+3. **tune**: LoRA on every linear layer of the LM, with the fusion module and the backbones (at a low
+   rate), over the bundled mix with the LM's own answers to general prompts replayed beside it
+   (:mod:`.replay`), and hand-written answers about itself.
+
+Every stage resumes: a finished stage is kept, and a stopped tune run continues from its last checkpoint
+(``training.save_every``), so the hours this takes on a CPU can be spread over several sittings::
+
+    from mmassist.core.recipes import smol
+    smol.train(Path("runs/smol"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from mmassist.core.recipes import bundled
+from mmassist.core.recipes.bundled import chat
+from mmassist.core.recipes.bundled.common import llava_record, read_jsonl, write_jsonl
+from mmassist.core.recipes.smol.prompts import IDENTITY, KNOWLEDGE, knowledge_correct, replay_prompts
+from mmassist.core.recipes.smol.replay import build_replay
+from mmassist.core.recipes.starter.paths import SHIPPED_ROOT
+from mmassist.core.runtime.assistant import Assistant
+from mmassist.core.runtime.config import FusionConfig
+from mmassist.core.training.finetune import finetune
+
+DECODER = "smollm2-135m-instruct"
+RECIPE = Path(__file__).resolve().parent / "recipe.yaml"
+IMAGE_WEIGHTS = "image_backbone.safetensors"
+VIDEO_WEIGHTS = "video_backbone.safetensors"
+MIX_SEED = 23
+# The replayed general answers, repeated in the tune mix this many times (each about 6% of the mix once).
+REPLAY_REPEATS = 2
+IDENTITY_REPEATS = 20
+# Validation records (a fixed sample of the mix's): the loss on all 2,800 took 4 minutes an evaluation.
+VALIDATION_SIZE = 400
+ALIGN = {"decoder.freeze": True, "training.max_steps": 400, "training.lr": 1.0e-3, "training.eval_every": 200}
+TUNE = {"training.lora.enabled": True, "training.lora.r": 16, "training.lora.alpha": 32,
+        "training.lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "encoders.image.freeze": False, "encoders.image.lr": 2.0e-5,
+        "encoders.video.freeze": False, "encoders.video.lr": 2.0e-5,
+        "training.max_steps": 2400, "training.lr": 2.0e-4, "training.eval_every": 400}
+
+
+def general_prompts() -> list[str]:
+    """Every replay prompt: :func:`replay_prompts` and the bundled chat's training greetings and requests
+    (their canned answers are replaced by the LM's own)."""
+    split = chat.split_prompts()["train"]
+    bundled_prompts = [v for kind in ("greeting", "out_of_scope") for p in split[kind] for v in chat.variants(p, kind)]
+    return list(dict.fromkeys([*replay_prompts(), *bundled_prompts]))
+
+
+def replay_file(root: Path | None = None, *, small: bool = False) -> Path:
+    """The LM's answers to :func:`general_prompts` as LLaVA records (generated once, cached); ``small``: to
+    the first four of them only (for tests)."""
+    prompts = general_prompts()
+    return build_replay(DECODER, prompts[:4] if small else prompts, root=root)
+
+
+def extract_backbones(out: Path, source: str | Path | None = None) -> tuple[Path, Path]:
+    """Save the image and video backbones of the tiny starter (``source``: its model folder; default: the
+    one shipped) as weights files the image and video plugins load (``checkpoint_path``)."""
+    from safetensors.torch import save_file
+
+    image, video = out / IMAGE_WEIGHTS, out / VIDEO_WEIGHTS
+    if image.is_file() and video.is_file():
+        return image, video
+    tiny = Assistant.from_pretrained(Path(source) if source is not None else SHIPPED_ROOT / "model", device="cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    for file, module in ((image, tiny.model.encoders["image"].backbone),
+                         (video, tiny.model.encoders["video"].frame_encoder.backbone)):
+        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp),
+                  metadata={"format": "pt"})
+        os.replace(tmp, file)
+    return image, video
+
+
+def _write(target: Path, records: list[dict]) -> Path:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    write_jsonl(tmp, records)
+    os.replace(tmp, target)
+    return target
+
+
+def _without_chat(root: Path, split: str) -> list[dict]:
+    return [r for r in read_jsonl(root / f"mix_{split}.jsonl") if not r["id"].startswith("chat-")]
+
+
+def build_mixes(root: Path) -> dict[str, Path]:
+    """The data files of the align stage and the evaluations, written into the bundled data folder ``root``
+    beside the mix, whose media they share (``smol_<name>.jsonl``): ``align_train`` (the picture and clip
+    records of the mix), ``validation`` (a fixed sample of :data:`VALIDATION_SIZE` of the mix's, without its
+    canned chat) and ``test`` (the mix's, without chat)."""
+    train = _without_chat(root, "train")
+    validation = _without_chat(root, "validation")
+    validation = random.Random(MIX_SEED).sample(validation, min(VALIDATION_SIZE, len(validation)))
+    files = {"align_train": [r for r in train if "image" in r or "video" in r], "validation": validation,
+             "test": _without_chat(root, "test")}
+    return {name: _write(root / f"smol_{name}.jsonl", records) for name, records in files.items()}
+
+
+def build_tune_mix(root: Path, replay: Path) -> Path:
+    """The tune stage's training file ``root/smol_tune_train.jsonl``: the mix without its canned chat, the
+    replayed general answers (:data:`REPLAY_REPEATS` times) and the answers about itself, shuffled."""
+    identity = [llava_record(f"identity-{i:03d}-{k}", question, answer, {})
+                for i, (question, answer) in enumerate(IDENTITY.items()) for k in range(IDENTITY_REPEATS)]
+    capability = chat.split_prompts()["train"]["capabilities"]
+    identity += [llava_record(f"capability-{i:03d}-{k}", v, IDENTITY["What can you do?"], {})
+                 for i, p in enumerate(capability) for k, v in enumerate(chat.variants(p, "capabilities"))]
+    tune = _without_chat(root, "train") + read_jsonl(replay) * REPLAY_REPEATS + identity
+    random.Random(MIX_SEED).shuffle(tune)
+    return _write(root / "smol_tune_train.jsonl", tune)
+
+
+def recipe(backbones: tuple[Path, Path] | None = None, data: dict[str, Path] | None = None) -> FusionConfig:
+    """``recipe.yaml`` with the backbones' weights files and the data files set."""
+    cfg = FusionConfig.from_file(RECIPE)
+    changes: dict[str, Any] = {}
+    if backbones is not None:
+        changes["encoders.image.config.checkpoint_path"] = str(backbones[0].resolve())
+        changes["encoders.video.config.backbone.checkpoint_path"] = str(backbones[1].resolve())
+    if data is not None:
+        changes.update({"data.validation": str(data["validation"]), "data.test": str(data["test"])})
+    return cfg.override(**changes) if changes else cfg
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The newest ``run/checkpoints/step-N`` folder, if any."""
+    folders = [p for p in (run / "checkpoints").glob("step-*") if (p / "trainer_state.json").is_file()]
+    return max(folders, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def run_stage(cfg: FusionConfig, out: Path, *, callbacks=(), init_from: Path | None = None,
+              **overrides: Any) -> Path:
+    """One stage into ``out``: skipped when finished, resumed from its last checkpoint when stopped."""
+    if (out / "final_metrics.json").is_file():
+        return out
+    cfg = cfg.override(**overrides)
+    resume = latest_checkpoint(out)
+    finetune(cfg, output_dir=out, callbacks=callbacks, resume_from=resume,
+             init_from=init_from if resume is None else None)
+    return out
+
+
+def train(out: str | Path, *, data_root: str | Path | None = None, callbacks=(), small: bool = False,
+          log: Callable[[str], None] = print, **overrides: Any) -> Path:
+    """All stages into ``out`` (``out/align``, ``out/tune``); returns the tuned model's folder.
+
+    :param data_root: where the bundled data is (built there if it is not); default: the bundled-data cache,
+        or with ``small``, ``out/bundled``.
+    :param small: the small builds of the bundled data and two steps a stage (for tests).
+    :param overrides: recipe fields to replace in both stages, by dotted name.
+    """
+    out = Path(out)
+    start = time.time()
+    if data_root is None:
+        data_root = out / "bundled" if small else bundled.default_root()
+    root = bundled.build_all(Path(data_root), small=small)
+    backbones = extract_backbones(out / "backbones")
+    data = build_mixes(root)
+    cfg = recipe(backbones, data)
+    steps = {"training.max_steps": 2, "training.eval_every": 2, "training.save_every": 2,
+             "training.eval_generate": 4, "generation.max_new_tokens": 8} if small else {}
+    log(f"smol: align ({time.time() - start:.0f} s)")
+    align = run_stage(cfg, out / "align", callbacks=callbacks,
+                      **{**ALIGN, "data.train": str(data["align_train"]), **steps, **overrides})
+    log(f"smol: replay ({time.time() - start:.0f} s)")
+    tune_train = build_tune_mix(root, replay_file(small=small))
+    log(f"smol: tune ({time.time() - start:.0f} s)")
+    tune = run_stage(cfg, out / "tune", callbacks=callbacks, init_from=align,
+                     **{**TUNE, "data.train": str(tune_train), **steps, **overrides})
+    (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start}), encoding="utf-8")
+    return tune
+
+
+def knowledge_score(model: str | Path | Assistant = DECODER, *, batch_size: int = 16,
+                    max_new_tokens: int = 48) -> tuple[float, list[dict]]:
+    """The share of :data:`~.prompts.KNOWLEDGE` questions answered right (greedy, one question a conversation),
+    and every answer. ``model``: an assistant, a model folder, ``"starter"``, or the pretrained decoder's name
+    (its own score is the bar the starter must keep 90% of)."""
+    asst = model if isinstance(model, Assistant) else Assistant.from_pretrained(model)
+    gen = dataclasses.replace(asst.cfg.generation, temperature=0.0, max_new_tokens=max_new_tokens)
+    rows = []
+    for start in range(0, len(KNOWLEDGE), batch_size):
+        chunk = KNOWLEDGE[start:start + batch_size]
+        encoded = [asst.processor.encode(asst.processor.conversation(q), add_generation_prompt=True)
+                   for q, _ in chunk]
+        for (question, accepted), answer in zip(chunk, asst.generate_batch(encoded, gen)):
+            rows.append({"question": question, "answer": answer, "right": knowledge_correct(answer, accepted)})
+    return sum(r["right"] for r in rows) / len(rows), rows

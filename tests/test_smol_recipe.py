@@ -1,0 +1,91 @@
+"""The pretrained-LM starter's recipe (core/recipes/smol): its data, replay and stage plumbing, on the small
+bundled build. (The whole recipe, two stages of two steps, is run by hand: it loads a 135M model five times.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mmassist import core
+from mmassist.core.data import load_examples
+from mmassist.core.recipes import bundled, smol
+from mmassist.core.recipes.smol.prompts import IDENTITY, KNOWLEDGE, knowledge_correct, replay_prompts
+from mmassist.core.recipes.smol.replay import replay_records, trimmed
+from mmassist.core.runtime.config import DataConfig, TaskConfig
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    return bundled.build_all(tmp_path_factory.mktemp("bundled") / "data", small=True)
+
+
+def test_the_replay_prompts_are_many_fixed_and_hold_out_the_knowledge_questions():
+    prompts = smol.general_prompts()
+    assert len(prompts) >= 2000 and len(set(prompts)) == len(prompts)
+    assert prompts == smol.general_prompts() and replay_prompts(5) == replay_prompts()[:5]
+    held_out = {q.lower() for q, _ in KNOWLEDGE} | {q.lower() for q in IDENTITY}
+    assert not held_out & {p.lower() for p in prompts}
+    assert len(KNOWLEDGE) >= 100
+
+
+def test_answers_are_trimmed_to_whole_sentences_or_dropped():
+    assert trimmed({"answer": "Paris.", "finished": True}) == "Paris."
+    cut = {"answer": "One. Two three four five six seven. And then it went on and", "finished": False}
+    assert trimmed(cut) == "One. Two three four five six seven."
+    assert trimmed({"answer": "Short. " + "and then a ramble that goes on " * 4, "finished": False}) is None
+    assert trimmed({"answer": "", "finished": True}) is None
+    records = replay_records([{"prompt": "hi", "answer": "Hello!", "finished": True},
+                              {"prompt": "x", "answer": "", "finished": True}])
+    assert [r["conversations"] for r in records] == [[{"from": "human", "value": "hi"},
+                                                      {"from": "gpt", "value": "Hello!"}]]
+
+
+def test_knowledge_answers_are_matched_as_words():
+    assert knowledge_correct("The capital of France is Paris.", ("Paris",))
+    assert knowledge_correct("Water is H2O.", ("H2O",))
+    assert knowledge_correct("It is 4.", ("4", "four"))
+    assert not knowledge_correct("It is 42.", ("4", "four"))
+    assert not knowledge_correct("Gold is a metal.", ("Au",))
+
+
+def test_the_stage_data_files_leave_out_the_canned_chat_and_load(small_data, tmp_path):
+    files = smol.build_mixes(small_data)
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text(json.dumps({"id": "replay-0", "conversations": [
+        {"from": "human", "value": "Tell me a joke."}, {"from": "gpt", "value": "Why did the chicken..."}]}) + "\n")
+    tune = smol.build_tune_mix(small_data, replay)
+    assert tune.parent == small_data and all(f.parent == small_data for f in files.values())
+    records = {name: [json.loads(line) for line in path.read_text().splitlines()]
+               for name, path in {**files, "tune_train": tune}.items()}
+    assert all(not r["id"].startswith("chat-") for rs in records.values() for r in rs)
+    assert all("image" in r or "video" in r for r in records["align_train"])
+    ids = [r["id"] for r in records["tune_train"]]
+    assert ids.count("replay-0") == smol.REPLAY_REPEATS
+    assert sum(i.startswith("identity-") for i in ids) == len(IDENTITY) * smol.IDENTITY_REPEATS
+    assert len(records["validation"]) <= smol.VALIDATION_SIZE
+    for path in (*files.values(), tune):  # their media paths resolve inside the data folder
+        assert load_examples(path, TaskConfig(kind="chat"), DataConfig())
+
+
+def test_the_backbones_come_out_of_the_tiny_starter_unchanged(host, tmp_path):
+    image, video = smol.extract_backbones(tmp_path)
+    cfg = smol.recipe((image, video))
+    assert cfg.decoder.path == smol.DECODER
+    tiny = core.Assistant.from_pretrained(smol.SHIPPED_ROOT / "model", host=host)
+    spec = host.encoders.get("image/timm")
+    built = spec.create(spec.make_config(cfg.encoders["image"].config))
+    for name, value in tiny.model.encoders["image"].backbone.state_dict().items():
+        assert torch.equal(built.backbone.state_dict()[name], value), name
+    assert smol.extract_backbones(tmp_path) == (image, video)  # a second call keeps them
+
+
+def test_a_stopped_stage_resumes_from_its_newest_checkpoint(tmp_path):
+    assert smol.latest_checkpoint(tmp_path) is None
+    for step in (50, 100):
+        folder = tmp_path / "checkpoints" / f"step-{step:06d}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoints" / "step-000150").mkdir()  # being written: no trainer state yet
+    assert smol.latest_checkpoint(tmp_path).name == "step-000100"
