@@ -93,8 +93,14 @@ PYTHON_PATH = """
 """
 
 
-def test_fine_tuned_from_python_then_chatted_with_and_captioned(site, data, tmp_path):
-    report = run_json(PYTHON_PATH, site, str(CONFIG), str(data["train"]), str(data["held"]), str(tmp_path / "run"))
+@pytest.fixture(scope="module")
+def python_run(site, data, tmp_path_factory) -> tuple[dict, Path]:
+    run = tmp_path_factory.mktemp("python") / "run"
+    return run_json(PYTHON_PATH, site, str(CONFIG), str(data["train"]), str(data["held"]), str(run)), run
+
+
+def test_fine_tuned_from_python_then_chatted_with_and_captioned(python_run):
+    report, _ = python_run
     assert right(report["captions"]) >= 7, report["captions"]
     assert report["chat_part"] == report["chat_media"] == "a person walking"
     assert report["npy_by_magic"] == "a person walking"
@@ -135,10 +141,8 @@ WEB_APP = """
 """
 
 
-def test_fine_tuned_in_the_web_app(site, data, tmp_path):
-    # The app needs a model to start with: one fine-tuned here from Python (any model would do).
-    first = tmp_path / "first"
-    run_json(PYTHON_PATH, site, str(CONFIG), str(data["train"]), str(data["held"]), str(first))
+def test_fine_tuned_in_the_web_app(site, data, python_run, tmp_path):
+    first = python_run[1]  # the app needs a model to start with: any will do
     dataset = tmp_path / "activity.zip"
     with zipfile.ZipFile(dataset, "w") as zf:
         for f in sorted(data["train"].iterdir()):
