@@ -15,6 +15,7 @@ KEYS = (
     "resampler_step_time_ratio_64_vs_8",
     "mlp_step_time_ratio_64_vs_8",
     "train_flops_fraction_of_matmul_peak",
+    "serve_throughput_8_vs_1",
 )
 TARGETS = (  # (key, comparison, bound)
     ("video_sampling_speedup_vs_pyav_decode_all", ">=", 3.0),
@@ -24,4 +25,5 @@ TARGETS = (  # (key, comparison, bound)
     ("generate_overhead_vs_hf", "<=", 1.05),
     ("resampler_step_time_ratio_64_vs_8", "<=", 2.5),
     ("train_flops_fraction_of_matmul_peak", ">=", 0.35),
+    ("serve_throughput_8_vs_1", ">=", 2.5),
 )

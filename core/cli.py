@@ -157,7 +157,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from mmassist.ui.server import launch
 
     launch(args.model, host=args.host, port=args.port, auth=args.auth, upload_limit_mb=args.upload_limit_mb,
-           runs_dir=args.runs_dir)
+           runs_dir=args.runs_dir, api=args.api, api_key=args.api_key, media_dir=args.media_dir)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the OpenAI-compatible API until interrupted."""
+    from mmassist.ui.api import serve
+
+    serve(args.model or ["starter"], host=args.host, port=args.port, api_key=args.api_key,
+          media_dir=args.media_dir, max_body_mb=args.max_body_mb)
     return 0
 
 
@@ -248,7 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", metavar="USER:PASS", help="require this login")
     p.add_argument("--upload-limit-mb", type=float, default=200.0, help="largest upload in MB (default: 200)")
     p.add_argument("--runs-dir", default="runs", help="where fine-tunes started in the app go (default: runs/)")
+    p.add_argument("--api", action="store_true", help="also serve the OpenAI-compatible API at /v1 (the default "
+                                                      "model, shared with the app)")
+    p.add_argument("--api-key", help="require this bearer token on the API")
+    p.add_argument("--media-dir", help="the folder API requests may name local media files in")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("serve", help="serve an OpenAI-compatible API (/v1/chat/completions) for one or more models")
+    p.add_argument("--model", action="append", help="a model to serve: 'starter' or a checkpoint folder "
+                                                    "(repeatable; default: starter); its id is what you give")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", help="require this bearer token (Authorization: Bearer <key>)")
+    p.add_argument("--media-dir", help="the folder requests may name local media files in (default: none; "
+                                       "send media as data: URLs)")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MB (default: 32)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

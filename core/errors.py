@@ -32,6 +32,10 @@ class UnsupportedInputError(MMAssistError, TypeError):
     """An input of a kind no loaded plugin accepts (wrong Python type or unaccepted MIME type)."""
 
 
+class PromptTooLongError(UnsupportedInputError):
+    """A conversation longer than the model takes (``decoder.max_length``)."""
+
+
 class UndecodableInputError(MMAssistError, ValueError):
     """An input of an accepted kind whose bytes cannot be decoded (empty, truncated, corrupt)."""
 

@@ -124,12 +124,13 @@ def test_openai_messages(tmp_path):
                       {"role": "assistant", "content": "Blue."}]},
     ])
     ex = load_examples(path, CHAT, DATA)
-    assert ex[0].messages[1] == {"role": "user", "content": "<image>and<image><video>"}
+    # a placeholder followed by text gets a line break, as in a LLaVA-style turn
+    assert ex[0].messages[1] == {"role": "user", "content": "<image>\nand<image><video>"}
     assert ex[0].media == (("image", (tmp_path / "a.png").resolve()), ("image", (tmp_path / "b.png").resolve()),
                            ("video", (tmp_path / "v.mp4").resolve()))
     assert ex[1].messages == ({"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"})
     assert ex[1].media == ()
-    assert ex[2].messages[0]["content"] == "<image>?"
+    assert ex[2].messages[0]["content"] == "<image>\n?"
     assert ex[2].media == (("image", (tmp_path / "b.png").resolve()),)
 
 

@@ -41,6 +41,7 @@ LAZY_OK = {
     "mmassist.ui.app": "the Fine-tune tab and the starter's examples are built when the page is",
     "mmassist.ui.finetune_job": "the training stack loads on the first fine-tune started in the app",
     "mmassist.ui.testing": "test helpers import the facade and the server only when a test calls them",
+    "mmassist.ui.api": "fastapi, uvicorn and the model stack load when the API is served, not when the CLI parses",
 }
 
 

@@ -51,6 +51,7 @@ def build_app(model: str | None = None, *, host: Host | None = None,
     # delete_cache: uploads and outputs older than a day are removed, checked every hour
     with gr.Blocks(title="mmassist", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         demo.upload_limit_mb = upload_limit_mb  # read by ui.server.launch
+        demo.shared = shared  # ui.server.launch serves the API (--api) on the models this app loaded
         gr.Markdown("## mmassist — a multimodal assistant you can fine-tune")
         with gr.Row():
             shared.model_box = gr.Dropdown(

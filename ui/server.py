@@ -43,7 +43,8 @@ def launch_options(*, host: str | None = None, port: int | None = None, auth: st
 
 def launch(model: str | Path | None = None, *, host: str | None = None, port: int | None = None,
            auth: str | tuple[str, str] | None = None, upload_limit_mb: float | None = None,
-           runs_dir: str | Path | None = None, block: bool = True):
+           runs_dir: str | Path | None = None, block: bool = True, api: bool = False, api_key: str | None = None,
+           media_dir: str | Path | None = None):
     """Build the app and serve it; print the local address. Returns the app (when ``block`` is False).
 
     :param model: the default model ("starter" or a checkpoint folder).
@@ -52,6 +53,10 @@ def launch(model: str | Path | None = None, *, host: str | None = None, port: in
     :param auth: "user:pass" (or a tuple) to require a login.
     :param upload_limit_mb: the largest file a user may upload.
     :param runs_dir: where fine-tunes started in the app go (default runs/).
+    :param api: also serve the OpenAI-compatible API (``/v1/...``, :mod:`mmassist.ui.api`) on the same
+        address, answering with the app's default model as loaded by the app (one copy in memory).
+    :param api_key: require this bearer token on the API.
+    :param media_dir: the folder API requests may name local media files in.
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,6 +65,25 @@ def launch(model: str | Path | None = None, *, host: str | None = None, port: in
     limit = DEFAULT_UPLOAD_LIMIT_MB if upload_limit_mb is None else upload_limit_mb
     app = build_app(str(model) if model else None, upload_limit_mb=limit, runs_dir=runs_dir or DEFAULT_RUNS_DIR)
     options = launch_options(host=host, port=port, auth=auth, upload_limit_mb=limit)
-    app.launch(prevent_thread_lock=not block, **options)
+    app.launch(prevent_thread_lock=True, **options)
+    if api:
+        add_api(app, api_key=api_key, media_dir=media_dir, max_body_mb=limit)
+    if block:
+        app.block_thread()
     return app
+
+
+def add_api(app, *, api_key: str | None = None, media_dir: str | Path | None = None,
+            max_body_mb: float | None = None):
+    """Serve the OpenAI-compatible API from a launched web app, on its default model (loaded once, shared
+    with the app's Chat and Caption tabs); returns the :class:`mmassist.ui.api.ChatService`."""
+    from mmassist.ui.api import DEFAULT_MAX_BODY_MB, ChatService, add_routes
+
+    store = app.shared.store
+    model = store.get(None)
+    service = ChatService({store.key(None): model.assistant}, media_dir=media_dir)
+    add_routes(app.server_app, service, api_key=api_key,
+               max_body_mb=DEFAULT_MAX_BODY_MB if max_body_mb is None else max_body_mb)
+    print(f"OpenAI-compatible API at {app.local_url.rstrip('/')}/v1 (model: {store.key(None)})", flush=True)
+    return service
 

@@ -102,3 +102,28 @@ def serve(app, **options: Any) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/"
     finally:
         app.close()
+
+
+@contextlib.contextmanager
+def serve_api(app) -> Iterator[str]:
+    """Serve a FastAPI app (:func:`mmassist.ui.api.build_api`) with uvicorn in a thread of this process, on a
+    free local port; yield its base URL (``http://127.0.0.1:<port>``), stop it afterwards."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the API server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -36,7 +36,7 @@ from mmassist.core.errors import ConfigError, DataFormatError, MMAssistError, Un
 from mmassist.core.contract.host import Host
 from mmassist.core.contract.sources import uri_scheme
 from mmassist.core.runtime.model import placeholder_token
-from mmassist.core.runtime.processor import ROLE_ALIASES, caption_prompt, content_parts
+from mmassist.core.runtime.processor import ROLE_ALIASES, caption_prompt, content_parts, join_parts
 
 CAPTION_FILES = ("captions.jsonl", "captions.csv")
 _KNOWN_ROLES = ", ".join(sorted(ROLE_ALIASES))
@@ -501,11 +501,11 @@ def _content_text(content: Any, slots: dict[str, list[Any]], loc: _Loc, turn: in
             if not isinstance(value, str):
                 raise loc.error(f"turn {turn}: a text part's 'text' must be a string")
             _count_placeholders(value, slots, types)
-            pieces.append(value)
+            pieces.append(("text", value))
         else:
             slots[kind].append(value)
-            pieces.append(placeholder_token(kind))
-    return "".join(pieces)
+            pieces.append((kind, placeholder_token(kind)))
+    return join_parts(pieces)
 
 
 def _count_placeholders(text: str, slots: dict[str, list[Any]], types: MediaTypes) -> None:

@@ -7,7 +7,7 @@ on strings, and run the same way with and without the cache (which the tests com
 from __future__ import annotations
 
 import inspect
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -46,13 +46,17 @@ def pick(logits: torch.Tensor, gen: GenerationConfig, rng: torch.Generator | Non
 
 @torch.no_grad()
 def generate_ids(model: MultimodalModel, batch: Batch, gen: GenerationConfig, *, eos_ids: Sequence[int],
-                 banned_ids: Sequence[int] = (), use_cache: bool = True) -> Iterator[torch.Tensor]:
+                 banned_ids: Sequence[int] = (), use_cache: bool = True,
+                 on_prompt: Callable[[torch.Tensor], None] | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), until all rows have ended or max_new_tokens.
 
-    ``batch`` must be left-padded. Rows that have ended keep yielding ``eos_ids[0]``.
+    ``batch`` must be left-padded. Rows that have ended keep yielding ``eos_ids[0]``. ``on_prompt`` is
+    called with each row's prompt length in tokens, media tokens included, (B,), before the first step.
     """
     decoder = model.decoder
     embeds, mask, _, ids = model.embed(batch)  # (B, L, D), (B, L), _, (B, L)
+    if on_prompt is not None:
+        on_prompt(mask.sum(1))
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
     device = embeds.device
     eos = torch.tensor(list(eos_ids), device=device)

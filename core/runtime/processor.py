@@ -20,7 +20,7 @@ from typing import Any, Collection, Mapping, Sequence
 import torch
 
 from mmassist.core.contract.encoders import Encoder
-from mmassist.core.errors import ConfigError, UnsupportedInputError
+from mmassist.core.errors import ConfigError, PromptTooLongError, UnsupportedInputError
 from mmassist.core.runtime.feature_cache import FeatureCache, content_key
 from mmassist.core.contract.media import Media, text_media
 from mmassist.core.runtime.model import Batch, placeholder_token
@@ -64,6 +64,20 @@ def content_parts(content: Sequence[Any], media_kinds: Collection[str] | None = 
             raise UnsupportedInputError(f"unknown content part {part!r:.120}; parts are text or {kinds} "
                                         "(also as <modality>_url or input_<modality>)")
     return out
+
+
+def join_parts(pieces: Sequence[tuple[str, str]]) -> str:
+    """A turn's text from ``(kind, text)`` pieces in order (a media piece's text is its placeholder): a
+    placeholder followed by text gets a line break between them, as LLaVA writes ``<image>\nWhat is it?``,
+    so that ``[image part, text part]`` reads the same as a LLaVA-style turn (and as a caption prompt)."""
+    out: list[str] = []
+    for i, (kind, text) in enumerate(pieces):
+        out.append(text)
+        following = pieces[i + 1] if i + 1 < len(pieces) else None
+        if kind != "text" and following is not None and following[0] == "text" and \
+                not following[1].startswith(("\n", " ")):
+            out.append("\n")
+    return "".join(out)
 
 
 CAPTION_PROMPT = "Describe this {modality}."
@@ -192,14 +206,14 @@ class Processor:
         pieces = []
         for kind, value in parts:
             if kind == "text":
-                pieces.append(str(value))
+                pieces.append(("text", str(value)))
                 continue
             self._check_modality(kind)
             if value is None:
                 raise UnsupportedInputError(f"message {index}: a {kind} part has no {kind}, url or path")
             items[kind].append(Media.of(value))
-            pieces.append(placeholder_token(kind))
-        return "".join(pieces)
+            pieces.append((kind, placeholder_token(kind)))
+        return join_parts(pieces)
 
     def _check_modality(self, modality: str) -> None:
         if modality not in self.modalities:
@@ -237,7 +251,7 @@ class Processor:
         enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=with_labels)
         ids = enc["input_ids"]
         if len(ids) > self.max_length:
-            raise UnsupportedInputError(
+            raise PromptTooLongError(
                 f"the conversation is {len(ids)} tokens long, over decoder.max_length={self.max_length}; "
                 "shorten it or raise decoder.max_length"
             )
