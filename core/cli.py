@@ -130,10 +130,20 @@ def cmd_train_starter(args: argparse.Namespace) -> int:
     return 0
 
 
+def require_files(paths: Sequence[str]) -> None:
+    """Files named on the command line must exist (checked before a model is loaded)."""
+    from mmassist.core.errors import UnsupportedInputError
+
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UnsupportedInputError(f"no such file: {', '.join(missing)}")
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     """Answer one prompt, streaming the answer."""
     from mmassist.core.runtime.assistant import Assistant
 
+    require_files([*(args.image or []), *(args.video or []), *(args.media or [])])
     asst = Assistant.from_pretrained(args.model)
     for piece in asst.chat(args.prompt, images=args.image, videos=args.video, media=args.media, stream=True,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature):
@@ -146,6 +156,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     """Caption files, one line each: path TAB caption."""
     from mmassist.core.runtime.assistant import Assistant
 
+    require_files(args.files)
     asst = Assistant.from_pretrained(args.model)
     for path, caption in zip(args.files, asst.caption(list(args.files))):
         print(f"{path}\t{caption}")

@@ -4,6 +4,7 @@ bundled build. (The whole recipe, two stages of two steps, is run by hand: it lo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +90,24 @@ def test_a_stopped_stage_resumes_from_its_newest_checkpoint(tmp_path):
         (folder / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoints" / "step-000150").mkdir()  # being written: no trainer state yet
     assert smol.latest_checkpoint(tmp_path).name == "step-000100"
+
+
+def test_a_stage_continues_from_a_shipped_checkpoint(host, tmp_path):
+    from mmassist.ui.testing import colour_squares, tiny_caption_config
+
+    data = colour_squares(tmp_path / "squares")
+    cfg = core.FusionConfig.coerce(tiny_caption_config(data, video=False, max_steps=4, save_every=2,
+                                                       keep_checkpoints=2, log_every=1))
+    core.finetune(cfg, output_dir=tmp_path / "first", host=host)
+    shipped = tmp_path / "first" / "checkpoints" / "step-000002"
+    assert (shipped / "trainer_state.json").is_file()
+
+    def train_steps(run: Path) -> list[int]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["step"] for r in rows if r["split"] == "train" and "loss" in r]
+
+    smol.run_stage(cfg, tmp_path / "resumed", progress=shipped)  # same config: resumed at step 2
+    assert train_steps(tmp_path / "resumed") == [3, 4]
+    smol.run_stage(cfg, tmp_path / "restarted", progress=shipped, **{"training.lr": 1e-3})  # another config
+    assert train_steps(tmp_path / "restarted") == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "restarted" / "metrics.jsonl").read_text().splitlines()[0])["event"] == "init_from"

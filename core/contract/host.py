@@ -26,7 +26,7 @@ from mmassist.core.contract import hookspecs
 from mmassist.core.contract.encoders import EncoderSpec
 from mmassist.core.errors import MMAssistError, PluginError, UnknownNameError, UnsupportedInputError
 from mmassist.core.contract.hookspecs import hookimpl
-from mmassist.core.contract.media import Media, extensions_for, mime_matches
+from mmassist.core.contract.media import Media, extensions_for, looks_like_a_file_name, mime_matches
 from mmassist.core.contract.sources import DataSource, ModelSource, uri_scheme
 from mmassist.core.version import __version__
 
@@ -257,12 +257,22 @@ class Host:
         :param candidates: encoder names to choose from (default: every registered encoder).
         :raises UnsupportedInputError: when no candidate accepts the input, listing what is accepted.
         """
-        media = Media.of(item)
         specs = [self.encoders.get(n) for n in candidates] if candidates is not None else list(self.encoders)
+        if isinstance(item, str) and looks_like_a_file_name(item) and not Path(item).exists() and \
+                os.path.splitext(item.strip())[1].lower() in self.file_extensions():
+            raise UnsupportedInputError(f"no such file: {item!r}; check the path")  # not text: a media file name
+        media = Media.of(item)
         name = self._route_name(media, specs)
+        if name is None and candidates is not None:
+            other = self._route_name(media, list(self.encoders))
+            if other is not None:  # a loaded plugin reads it, but not one of these (the model's) encoders
+                takes = ", ".join(dict.fromkeys(s.modality for s in specs)) or "no media"
+                raise UnsupportedInputError(
+                    f"{media.name} is {self.encoders.get(other).modality} input ({media.mime_type}), which this "
+                    f"model does not take: it was built for {takes}")
         if name is None:
             accepted = "; ".join(f"{s.name}: {', '.join(s.mime_types)}" for s in specs) or "nothing"
-            if media.value is item and _looks_like_a_file_name(item):  # a path that is not there
+            if media.value is item and looks_like_a_file_name(item):  # a path that is not there
                 raise UnsupportedInputError(
                     f"there is no file {item!r}; check the path. (Read as text, it is refused too: "
                     f"accepted here: {accepted})"
@@ -372,13 +382,6 @@ class Host:
             }
             for s in self.encoders
         ]
-
-
-def _looks_like_a_file_name(text: Any) -> bool:
-    """One short line with a folder separator or a file extension: a path, more likely than text."""
-    if not isinstance(text, str) or "\n" in text or not 0 < len(text) <= 1024:
-        return False
-    return "/" in text or os.sep in text or bool(os.path.splitext(text.strip())[1])
 
 
 def _own_version() -> str:

@@ -8,6 +8,7 @@ refused by the image decoder with a clear error.
 from __future__ import annotations
 
 import mimetypes
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,27 @@ class Media:
             head = f.read(SNIFF_BYTES)
         mime = sniff_mime(head) or mimetypes.guess_type(path.name)[0] or _text_or_binary(head)
         return cls(mime, path=path, name=str(path), head=head)
+
+
+def media_file(item: Any) -> "Media":
+    """An input meant as a file (``images=``, a media content part, a file to caption): like
+    :meth:`Media.of`, but a path or string that names no file is an error, never read as text.
+
+    :raises UnsupportedInputError: ``no such file: '<item>'``.
+    """
+    if isinstance(item, (str, Path)) and not isinstance(item, Media):
+        text = str(item)
+        if "\n" in text or len(text) > _MAX_PATH_CHARS or not _is_file(text):
+            shown = text if len(text) <= 200 and "\n" not in text else text[:60].replace("\n", " ") + "..."
+            raise UnsupportedInputError(f"no such file: {shown!r}; check the path")
+    return Media.of(item)
+
+
+def looks_like_a_file_name(text: Any) -> bool:
+    """One short line with a folder separator or a file extension: a path, more likely than text."""
+    if not isinstance(text, str) or "\n" in text or not 0 < len(text) <= 1024 or " " in text.strip():
+        return False
+    return "/" in text or "\\" in text or bool(os.path.splitext(text.strip())[1])
 
 
 def _is_file(text: str) -> bool:

@@ -34,6 +34,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from mmassist.core.runtime.config import DataConfig, TaskConfig
 from mmassist.core.errors import ConfigError, DataFormatError, MMAssistError, UnsupportedInputError
 from mmassist.core.contract.host import Host
+from mmassist.core.contract.media import Media
 from mmassist.core.contract.sources import uri_scheme
 from mmassist.core.runtime.model import placeholder_token
 from mmassist.core.runtime.processor import ROLE_ALIASES, caption_prompt, content_parts, join_parts
@@ -67,10 +68,15 @@ class MediaTypes:
 
     def modality_of(self, path: Path, value: str, loc: "_Loc") -> str:
         """The modality of the encoder the host routes a media file to."""
-        media_encoders = [s.name for s in self.host.encoders if s.modality in self.modalities]
+        specs = [s for s in self.host.encoders if s.modality in self.modalities]
         try:
-            spec, _ = self.host.route(path, candidates=media_encoders)
-        except MMAssistError as e:  # an empty file, or a type no plugin reads
+            spec, media = self.host.route(path, candidates=[s.name for s in specs])
+        except UnsupportedInputError:  # a type no media plugin reads (text, a PDF...)
+            accepted = "; ".join(f"{s.name}: {', '.join([*s.mime_types, *s.extensions])}" for s in specs)
+            raise loc.error(f"media file {value!r} (detected type {Media.of(path).mime_type}) is not a type any "
+                            f"installed plugin reads as media; accepted here: {accepted or 'nothing'}. Install a "
+                            "plugin for this type (pip install mmassist-<thing>)") from None
+        except MMAssistError as e:  # an empty file
             raise loc.error(f"media file {value!r}: {e}") from None
         return spec.modality
 

@@ -16,6 +16,7 @@ from mmassist.core.hf import quiet_transformers
 from mmassist.core.errors import ConfigError, UnsupportedInputError
 from mmassist.core.runtime.generate import cut_at_stop, generate_ids, held_back
 from mmassist.core.contract.host import Host
+from mmassist.core.contract.media import looks_like_a_file_name, media_file
 from mmassist.core.runtime.model import MultimodalModel, build_tokenizer_for, placeholder_token
 from mmassist.core.runtime.processor import Encoded, Processor, caption_prompt
 
@@ -226,6 +227,8 @@ class Assistant:
         candidates = [e.name for e in self.cfg.encoders.values()]
         encoded = []
         for item in items:
+            if looks_like_a_file_name(item):  # meant as a file: a missing one is an error, not text to caption
+                media_file(item)
             spec, media = self.host.route(item, candidates=candidates)
             text = prompt or self.cfg.task.prompt or caption_prompt(spec.modality)
             if placeholder_token(spec.modality) not in text:

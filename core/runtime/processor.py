@@ -22,7 +22,7 @@ import torch
 from mmassist.core.contract.encoders import Encoder
 from mmassist.core.errors import ConfigError, PromptTooLongError, UnsupportedInputError
 from mmassist.core.runtime.feature_cache import FeatureCache, content_key
-from mmassist.core.contract.media import Media, text_media
+from mmassist.core.contract.media import Media, media_file, text_media
 from mmassist.core.runtime.model import Batch, placeholder_token
 from mmassist.fusion import IGNORE_INDEX
 
@@ -162,7 +162,13 @@ class Processor:
             if free_tags == 0:  # LLaVA's convention: media without placeholders go before the text
                 msg = messages[last_user]
                 messages[last_user] = {**msg, "content": (tag + "\n") * len(given) + msg["content"]}
-            items[modality].extend(Media.of(x) for x in given)
+            for x in given:
+                media_item = Media.of(x) if modality == "text" else media_file(x)
+                if media_item.modality != modality and media_item.modality in self.modalities:
+                    raise UnsupportedInputError(
+                        f"{media_item.name} is {media_item.modality} ({media_item.mime_type}), given as {modality}: "
+                        f"pass it as {media_item.modality} (--{media_item.modality}, {media_item.modality}s=...)")
+                items[modality].append(media_item)
         if self.encode_user_text and not items["text"]:
             messages = self._add_user_text_items(messages, items)
         conv = Conversation(messages, {m: v for m, v in items.items() if v})
@@ -211,7 +217,7 @@ class Processor:
             self._check_modality(kind)
             if value is None:
                 raise UnsupportedInputError(f"message {index}: a {kind} part has no {kind}, url or path")
-            items[kind].append(Media.of(value))
+            items[kind].append(Media.of(value) if kind == "text" else media_file(value))
             pieces.append((kind, placeholder_token(kind)))
         return join_parts(pieces)
 

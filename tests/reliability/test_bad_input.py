@@ -65,6 +65,19 @@ def test_chat_refuses_a_bad_attachment_with_a_specific_error(assistant, media, n
         assistant.caption([media["red.png"], media[name], media["clip.mp4"]])
 
 
+def test_a_missing_file_is_an_error_wherever_a_file_is_meant(assistant, host):
+    with pytest.raises(core.UnsupportedInputError, match="no such file: 'a.png'"):
+        assistant.caption(["a.png", "clip.mp4"])
+    with pytest.raises(core.UnsupportedInputError, match="no such file: 'cat.png'"):
+        assistant.chat("What is it?", images=["cat.png"])
+    with pytest.raises(core.UnsupportedInputError, match="no such file: 'cat.png'"):
+        assistant.chat([{"role": "user", "content": [{"type": "image", "image": "cat.png"},
+                                                      {"type": "text", "text": "What is it?"}]}])
+    with pytest.raises(core.UnsupportedInputError, match="no such file: 'clip.mp4'"):
+        host.route("clip.mp4")
+    assert host.route("clip dot mp4 is a nice name")[0].name == "text/hf"  # text is still text
+
+
 def test_the_model_still_answers_after_bad_input(assistant, media):
     for name in ALL_CASES:
         with pytest.raises(core.MMAssistError):
@@ -106,8 +119,8 @@ def test_a_non_utf8_text_file_given_as_media_is_refused(assistant, host, tmp_pat
     with pytest.raises(core.UndecodableInputError) as info:
         reader.chat("Summarise <text>.", media=[latin1])
     check_message(info.value, "letter.txt", ["not UTF-8", "convert it to UTF-8"])
-    # a model without one refuses the type
-    with pytest.raises(core.UnsupportedInputError, match="no loaded plugin accepts .*letter.txt"):
+    # a model without one says it takes no text files
+    with pytest.raises(core.UnsupportedInputError, match="letter.txt is text input .*which this model does not take"):
         assistant.chat("Summarise it.", media=[latin1])
 
 
@@ -130,7 +143,13 @@ def test_cli_chat_reports_bad_attachments_in_one_line(checkpoint, media, capsys)
 
 def test_cli_reports_a_missing_file_or_model_folder(checkpoint, tmp_path, capsys):
     code, _, err = run_cli(["caption", tmp_path / "nowhere.png", "--model", checkpoint], capsys)
-    assert_user_error(code, err, "there is no file", "nowhere.png", "check the path")
+    assert_user_error(code, err, "no such file", "nowhere.png")
+    code, out, err = run_cli(["caption", "cat.png", "--model", checkpoint], capsys)  # not read as text
+    assert_user_error(code, err, "no such file", "cat.png")
+    assert out == ""
+    for flag in ("--image", "--video", "--media"):
+        code, _, err = run_cli(["chat", "Describe.", flag, "cat.png", "--model", checkpoint], capsys)
+        assert_user_error(code, err, "no such file", "cat.png")
     code, _, err = run_cli(["chat", "hi", "--model", tmp_path / "no-model"], capsys)
     assert_user_error(code, err, "no-model", "is not a mmassist checkpoint")
 
@@ -252,3 +271,21 @@ def test_cli_finetune_reports_config_errors_in_one_line(tmp_path, capsys):
     good.write_text("training:\n  lr: 0.001\n")
     code, _, err = run_cli(["finetune", good, "--set", "training.lora.r=2.5"], capsys)
     assert_user_error(code, err, "training.lora.r=2.5")
+
+
+def test_a_file_of_another_modality_is_named_as_such(host, media, tmp_path):
+    from PIL import Image
+
+    from mmassist.ui.testing import tiny_caption_config
+
+    png = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), "red").save(png)
+    both = core.Assistant.from_config(tiny_caption_config(None, video=True), host=host)
+    with pytest.raises(core.UnsupportedInputError, match=r"photo.png is image .*given as video: pass it as image"):
+        both.chat("Describe.", videos=[png])
+    image_only = core.Assistant.from_config(tiny_caption_config(None, video=False), host=host)
+    clip = media["clip.mp4"]
+    with pytest.raises(core.UnsupportedInputError, match=r"is video input .*which this model does not take: "
+                                                         r"it was built for image") as info:
+        image_only.caption(clip)
+    assert "pip install" not in str(info.value)

@@ -258,7 +258,9 @@ def test_a_checkpoint_whose_plugin_is_missing_names_the_distribution_to_install(
     with pytest.raises(core.MissingPluginError) as info:
         core.Assistant.from_pretrained(folder, host=host)
     assert "video/fancy" in str(info.value) and "pip install mmassist-fancy" in str(info.value)
-    for argv in (["chat", "hi", "--model", folder], ["caption", "x.png", "--model", folder],
+    picture = tmp_path / "x.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(32))  # it exists: the model is what is missing
+    for argv in (["chat", "hi", "--model", folder], ["caption", picture, "--model", folder],
                  ["eval", folder, "data.jsonl"]):
         code, _, err = run_cli(argv, capsys)
         assert_user_error(code, err, "video/fancy", "pip install mmassist-fancy")

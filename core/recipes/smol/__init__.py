@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +39,9 @@ from mmassist.core.training.finetune import finetune
 
 DECODER = "smollm2-135m-instruct"
 RECIPE = Path(__file__).resolve().parent / "recipe.yaml"
+# Checkpoints of stages that a sitting could not finish, shipped so that the next one continues them
+# (``progress/<stage>/checkpoints/step-N``: the fusion weights and the optimizer state, a few MB).
+PROGRESS = Path(__file__).resolve().parent / "progress"
 IMAGE_WEIGHTS = "image_backbone.safetensors"
 VIDEO_WEIGHTS = "video_backbone.safetensors"
 MIX_SEED = 23
@@ -144,12 +148,24 @@ def latest_checkpoint(run: Path) -> Path | None:
 
 
 def run_stage(cfg: FusionConfig, out: Path, *, callbacks=(), init_from: Path | None = None,
-              **overrides: Any) -> Path:
-    """One stage into ``out``: skipped when finished, resumed from its last checkpoint when stopped."""
+              progress: Path | None = None, **overrides: Any) -> Path:
+    """One stage into ``out``: skipped when finished, resumed from its last checkpoint when stopped.
+
+    :param progress: a stage's checkpoint shipped with the recipe (:data:`PROGRESS`), from a sitting that
+        ran out of time: a run without checkpoints of its own resumes from it when it was written with the
+        same config (the same run folder and data), else starts from its weights (``init_from``).
+    """
     if (out / "final_metrics.json").is_file():
         return out
     cfg = cfg.override(**overrides)
     resume = latest_checkpoint(out)
+    if resume is None and progress is not None and (progress / "trainer_state.json").is_file():
+        saved = json.loads((progress / "config.json").read_text(encoding="utf-8"))
+        if saved == json.loads(cfg.to_json()):
+            resume = out / "checkpoints" / progress.name
+            shutil.copytree(progress, resume, dirs_exist_ok=True)
+        else:
+            init_from = progress
     finetune(cfg, output_dir=out, callbacks=callbacks, resume_from=resume,
              init_from=init_from if resume is None else None)
     return out
@@ -175,7 +191,8 @@ def train(out: str | Path, *, data_root: str | Path | None = None, callbacks=(),
     steps = {"training.max_steps": 2, "training.eval_every": 2, "training.save_every": 2,
              "training.eval_generate": 4, "generation.max_new_tokens": 8} if small else {}
     log(f"smol: align ({time.time() - start:.0f} s)")
-    align = run_stage(cfg, out / "align", callbacks=callbacks,
+    shipped = latest_checkpoint(PROGRESS / "align") if not small else None
+    align = run_stage(cfg, out / "align", callbacks=callbacks, progress=shipped,
                       **{**ALIGN, "data.train": str(data["align_train"]), **steps, **overrides})
     log(f"smol: replay ({time.time() - start:.0f} s)")
     tune_train = build_tune_mix(root, replay_file(small=small))
