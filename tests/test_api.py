@@ -71,7 +71,7 @@ def test_a_picture_as_a_data_url_gets_the_right_answer_with_usage(client, media_
     out = client.chat.completions.create(model=MODEL, messages=image_message(media_dir / "red.png"))
     assert out.choices[0].message.content == "a red square"
     assert out.choices[0].finish_reason == "stop" and out.object == "chat.completion"
-    assert out.usage.completion_tokens == len("a red square") + 0 or out.usage.completion_tokens > 0
+    assert out.usage.completion_tokens > 0
     assert out.usage.prompt_tokens > 16  # the image's tokens count
     assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
 
@@ -208,8 +208,8 @@ def test_the_web_app_serves_the_api_on_its_own_model(trained, host):
         [model] = [m.id for m in client.models.list().data]
         out = client.chat.completions.create(model=model, messages=image_message(trained[0] / "yellow.png"))
         assert out.choices[0].message.content == "a yellow square"
-        service_model = next(iter(app.shared.store._loaded.values())).assistant
-        assert json.dumps(model) and service_model is app.shared.store.get(None).assistant  # one copy
+        # one copy in memory: the API answers with the model the app's tabs use
+        assert app.api_service.models[model].assistant is app.shared.store.get(None).assistant
     finally:
         app.close()
 

@@ -202,7 +202,7 @@ def test_declared_extensions_and_magic_bytes_route_to_the_plugin(tmp_path):
     assert host.route(by_magic)[0].name == "blob/transposed"
     assert host.route(b"BLOB1 bytes")[0].name == "blob/transposed"
     assert host.route(str(named), candidates=["image/timm", "blob/transposed"])[0].name == "blob/transposed"
-    assert ".blob" in host.accepted_file_types("blob") and host.media_modalities() == ["image", "video", "blob"]
+    assert ".blob" in host.file_extensions("blob") and host.media_modalities() == ["image", "video", "blob"]
 
 
 def test_bad_file_type_declarations_are_refused():

@@ -15,6 +15,7 @@ import base64
 import binascii
 import dataclasses
 import hmac
+import itertools
 import json
 import time
 import uuid
@@ -31,7 +32,6 @@ MAX_TOKENS_LIMIT = 4096
 # OpenAI options this server does not implement: refused with a 400 rather than silently ignored.
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logit_bias", "audio", "prediction",
                "top_logprobs", "web_search_options", "parallel_tool_calls")
-IGNORED = ("user", "metadata", "store", "service_tier", "reasoning_effort")
 
 
 class APIError(Exception):
@@ -136,7 +136,7 @@ class ChatService:
             changes["stop"] = stops
         return dataclasses.replace(gen, **changes)
 
-    def messages(self, raw: Any, served: ServedModel) -> list[dict[str, Any]]:
+    def messages(self, raw: Any) -> list[dict[str, Any]]:
         """OpenAI messages with every media part's URL resolved to bytes or an allowed local path."""
         if not isinstance(raw, list) or not raw:
             raise APIError(400, "messages must be a non-empty list", param="messages")
@@ -202,7 +202,7 @@ class ChatService:
             raise APIError(400, "the request body must be a JSON object")
         served = self.model(body.get("model"))
         gen = self.generation(body, served)
-        messages = self.messages(body.get("messages"), served)
+        messages = self.messages(body.get("messages"))
         asst = served.assistant
         try:
             conv = asst.processor.conversation(messages)
@@ -244,7 +244,7 @@ class ChatService:
             return f"data: {json.dumps(body)}\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
-        for event in _chain(first, events):
+        for event in itertools.chain([first], events):
             if event[0] == "delta":
                 yield chunk({"content": event[1]})
             elif event[0] == "done":
@@ -254,11 +254,6 @@ class ChatService:
         if include_usage:
             yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage([request])})}\n\n"
         yield "data: [DONE]\n\n"
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def _number(value: Any, name: str, kind: type, lo: float, hi: float):
@@ -331,18 +326,12 @@ def add_routes(app, service: ChatService, *, api_key: str | None = None,
             body = await read_json(request)
             if isinstance(body, Mapping) and body.get("stream"):
                 events = await run_in_threadpool(service.stream, body)
-                return StreamingResponse(_threaded(events), media_type="text/event-stream")
+                # a plain iterator: Starlette reads it in its thread pool, so waiting for tokens does not
+                # block the event loop
+                return StreamingResponse(events, media_type="text/event-stream")
             return JSONResponse(await run_in_threadpool(service.complete, body))
         except Exception as e:
             return answer(error_of(e))
-
-
-async def _threaded(events: Iterator[str]):
-    """A blocking iterator read in the thread pool, so waiting for tokens does not block the event loop."""
-    from starlette.concurrency import iterate_in_threadpool
-
-    async for line in iterate_in_threadpool(events):
-        yield line
 
 
 def build_api(models: Mapping[str, Any], *, api_key: str | None = None, media_dir: str | Path | None = None,

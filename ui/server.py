@@ -84,6 +84,7 @@ def add_api(app, *, api_key: str | None = None, media_dir: str | Path | None = N
     service = ChatService({store.key(None): model.assistant}, media_dir=media_dir)
     add_routes(app.server_app, service, api_key=api_key,
                max_body_mb=DEFAULT_MAX_BODY_MB if max_body_mb is None else max_body_mb)
+    app.api_service = service
     print(f"OpenAI-compatible API at {app.local_url.rstrip('/')}/v1 (model: {store.key(None)})", flush=True)
     return service
 

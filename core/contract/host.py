@@ -234,8 +234,7 @@ class Host:
                 registry.add(getattr(item, key), item, owner=f"{name} ({dist})")
         except Exception as e:
             self._unregister(name)
-            self._fail(name, (dist, version), "register", f"{type(e).__name__}: {e}",
-                       None if isinstance(e, PluginError) and not items else e)
+            self._fail(name, (dist, version), "register", f"{type(e).__name__}: {e}", e)
 
     def _unregister(self, name: str) -> None:
         """Take a failed plugin out, with everything it registered through any hook."""
@@ -339,15 +338,6 @@ class Host:
     def media_modalities(self) -> list[str]:
         """Every modality of a loaded encoder that reads files (all but ``text``), in registration order."""
         return list(dict.fromkeys(s.modality for s in self.encoders if s.modality != "text"))
-
-    def accepted_file_types(self, modality: str | None = None) -> list[str]:
-        """What an upload widget accepts: every MIME type (pattern) and declared extension of the loaded
-        encoders (optionally of one modality)."""
-        out = self.accepted_mime_types(modality)
-        for spec in self.encoders:
-            if modality is None or spec.modality == modality:
-                out.extend(e for e in spec.extensions if e not in out)
-        return out
 
     def file_extensions(self, modality: str | None = None) -> list[str]:
         """The file endings the loaded encoders (optionally of one modality) take: declared ones and

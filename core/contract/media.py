@@ -93,9 +93,9 @@ def media_file(item: Any) -> "Media":
 
     :raises UnsupportedInputError: ``no such file: '<item>'``.
     """
-    if isinstance(item, (str, Path)) and not isinstance(item, Media):
+    if isinstance(item, (str, Path)):
         text = str(item)
-        if "\n" in text or len(text) > _MAX_PATH_CHARS or not _is_file(text):
+        if not _is_file(text):  # also a string too long or with a line break to be a path
             shown = text if len(text) <= 200 and "\n" not in text else text[:60].replace("\n", " ") + "..."
             raise UnsupportedInputError(f"no such file: {shown!r}; check the path")
     return Media.of(item)

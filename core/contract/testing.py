@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from mmassist.core.contract.encoders import Encoder, EncoderOutput, EncoderSpec
+from mmassist.core.contract.encoders import Encoder, EncoderOutput, EncoderSpec, check_output
 from mmassist.core.contract.host import Host
 from mmassist.core.contract.media import Media
-from mmassist.core.errors import MMAssistError
+from mmassist.core.errors import MMAssistError, PluginError
 
 
 def check_encoder(spec: EncoderSpec, tmp_dir: Path, inputs: list[Any] | None = None,
@@ -105,16 +105,13 @@ def _check_routing(spec: EncoderSpec, media: list[Media], host: Host) -> None:
 
 
 def _check_output(spec: EncoderSpec, encoder: Encoder, out: EncoderOutput, batch_size: int) -> None:
-    assert isinstance(out, EncoderOutput), f"{spec.name}: forward must return an EncoderOutput"
+    try:  # the shapes, as every model checks them (check_output); then what a model does not check
+        check_output(spec, encoder, out, batch_size)
+    except PluginError as e:
+        raise AssertionError(str(e)) from None
     f = out.features
-    assert f.dim() == 3, f"{spec.name}: features must be (B, T, D), got shape {tuple(f.shape)}"
-    assert f.shape[0] == batch_size, f"{spec.name}: batch size {f.shape[0]} != {batch_size}"
-    assert f.shape[2] == encoder.output_dim, (
-        f"{spec.name}: feature width {f.shape[2]} != output_dim {encoder.output_dim}"
-    )
     assert f.shape[1] >= 1, f"{spec.name}: no tokens"
     assert torch.isfinite(f).all(), f"{spec.name}: features are not finite"
-    assert out.mask.shape == f.shape[:2] and out.mask.dtype == torch.bool, f"{spec.name}: mask must be (B, T) bool"
     assert out.mask.any(dim=1).all(), f"{spec.name}: an input has no real token"
     if out.time_index is not None:
         assert out.time_index.shape == f.shape[:2], f"{spec.name}: time_index must be (B, T)"

@@ -4,8 +4,9 @@ Three families of formats, chosen by the task and detected from the file's exten
 
 - Conversations (``chat``, ``vqa``, and ``caption``): JSON arrays or JSONL, in the LLaVA style
   (``image``/``video`` fields, or a field named after any installed modality, ``conversations`` of
-  ``human``/``gpt`` turns) or the OpenAI style (``messages`` whose content is a string or typed parts). They are normalised the way
-  :mod:`mmassist.core.runtime.processor` normalises a prompt at inference, with the same role and part aliases.
+  ``human``/``gpt`` turns) or the OpenAI style (``messages`` whose content is a string or typed parts).
+  They are normalised the way :mod:`mmassist.core.runtime.processor` normalises a prompt at inference,
+  with the same role and part aliases.
 - Captions (``caption``): a folder of media files with ``captions.jsonl`` or ``captions.csv``
   (``file``, ``caption``), or one of those files given directly.
 - Classification (``classification``): TSV, CSV or JSONL with a text (or media path) column and a
@@ -70,7 +71,7 @@ class MediaTypes:
         """The modality of the encoder the host routes a media file to."""
         specs = [s for s in self.host.encoders if s.modality in self.modalities]
         try:
-            spec, media = self.host.route(path, candidates=[s.name for s in specs])
+            spec, _ = self.host.route(path, candidates=[s.name for s in specs])
         except UnsupportedInputError:  # a type no media plugin reads (text, a PDF...)
             accepted = "; ".join(f"{s.name}: {', '.join([*s.mime_types, *s.extensions])}" for s in specs)
             raise loc.error(f"media file {value!r} (detected type {Media.of(path).mime_type}) is not a type any "

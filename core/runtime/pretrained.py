@@ -15,6 +15,7 @@ rather than copying its hundreds of MB.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -59,8 +60,15 @@ def decoder_folder(path: str | Path, host: Host | None = None) -> Path:
     return path
 
 
-def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    """The SHA-256 of a file's bytes (hex)."""
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), computed once per file version in a process: the tokenizer and
+    the decoder of a model both resolve its GGUF file, and hashing 100 MB twice is a waste."""
+    stat = path.stat()
+    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

@@ -28,6 +28,8 @@ from mmassist.fusion import IGNORE_INDEX
 
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                 "system": "system", "bot": "assistant", "model": "assistant"}
+
+
 def part_kind(part_type: Any) -> Any:
     """The modality an OpenAI-style content part's ``type`` names: ``image_url`` and ``input_image`` read as
     ``image``, and likewise ``<modality>_url`` and ``input_<modality>`` for every modality (``video_url``

@@ -236,7 +236,7 @@ class _Run:
         t = cfg.training
         seed_everything(t.seed)
         self.device = torch.device(f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu")
-        self.dtype = resolve_dtype(None if t.precision == "auto" else t.precision, self.device)
+        self.dtype = resolve_dtype(t.precision, self.device)
         self.tokenizer = build_tokenizer_for(cfg, host)
         self.model = MultimodalModel(cfg, host, self.tokenizer)
         self.init_from, self.init_missing = init_from, None
@@ -279,7 +279,7 @@ class _Run:
         self.control = TrainerControl()
         self.position = {"epoch": 0, "batch": 0}
         self.bad_evals = 0
-        self.best_metrics: tuple[int | None, dict[str, Any] | None] = (None, None)
+        self.best_metrics: dict[str, Any] | None = None  # the kept model's evaluation, from this run
         if resume_from is not None:
             loop = load_train_state(resume_from, self.model, self.optimizer, self.scheduler)
             self.position = {"epoch": loop["epoch"], "batch": loop["batch"]}
@@ -380,7 +380,7 @@ class _Run:
             value < self.state.best_metric if self.metric in LOWER_IS_BETTER else value > self.state.best_metric)
         if better:
             self.state.best_metric, self.state.best_step = value, self.state.step
-            self.best_metrics = (self.state.step, metrics)  # the final report reuses them: the model kept
+            self.best_metrics = metrics  # the final report reuses them: the model kept
             self.bad_evals = 0
             self.save_model(self.out / "best")
         else:
@@ -439,9 +439,7 @@ class _Run:
         if self.splits["validation"]:
             # The kept model was evaluated when it was found best (unless this run was resumed since):
             # evaluating it again would repeat the same numbers at the cost of a whole validation pass.
-            step, kept = self.best_metrics
-            metrics["validation"] = kept if kept is not None and step == self.state.best_step \
-                else self.evaluate("validation")
+            metrics["validation"] = self.best_metrics or self.evaluate("validation")
         if self.splits["test"]:
             metrics["test"] = self.evaluate("test", generate_limit=len(self.splits["test"]))
         state = trained_state(self.model)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mmassist.core.recipes.bundled import chat, digits, motion, sentiment, shapes
-from mmassist.core.recipes.bundled.common import SPLITS, Built, llava_record, plain_question, read_jsonl, write_json, write_jsonl
+from mmassist.core.recipes.bundled.common import SPLITS, Built, llava_record, plain_question, read_jsonl, replace_jsonl, write_json
 from mmassist.core.cache import cache_dir
 from mmassist.core.runtime.processor import caption_prompt  # the prompt the caption reader and Assistant.caption use
 from mmassist.core.errors import DataFormatError, UnknownNameError
@@ -259,9 +259,7 @@ def _build_mix(root: Path, small: bool) -> None:
                 taken += more
             records += taken
         rng.shuffle(records)
-        tmp = root / f".mix_{split}.jsonl.{os.getpid()}.tmp"
-        write_jsonl(tmp, records)
-        os.replace(tmp, root / f"mix_{split}.jsonl")
+        replace_jsonl(root / f"mix_{split}.jsonl", records)
         counts[split] = {"records": len(records), **per_source}
     (root / "README.md").write_text(_mix_readme(counts, small), encoding="utf-8")
     write_json(root / "mix_manifest.json", {"name": "mix", "generator_version": GENERATOR_VERSION,

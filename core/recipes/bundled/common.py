@@ -59,6 +59,15 @@ def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> int:
     return n
 
 
+def replace_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> Path:
+    """:func:`write_jsonl` into a temporary sibling, then renamed over ``path``: a reader never sees half a
+    file, and a killed writer leaves the old one. Returns ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_jsonl(tmp, records)
+    os.replace(tmp, path)
+    return path
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """The records of a JSONL file written by :func:`write_jsonl`."""
     with open(path, encoding="utf-8") as f:

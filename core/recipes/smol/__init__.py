@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from mmassist.core.recipes import bundled
 from mmassist.core.recipes.bundled import chat
-from mmassist.core.recipes.bundled.common import llava_record, read_jsonl, write_jsonl
+from mmassist.core.recipes.bundled.common import llava_record, read_jsonl, replace_jsonl
 from mmassist.core.recipes.smol.prompts import IDENTITY, KNOWLEDGE, knowledge_correct, replay_prompts
 from mmassist.core.recipes.smol.replay import build_replay
 from mmassist.core.recipes.starter.paths import SHIPPED_ROOT
@@ -92,13 +92,6 @@ def extract_backbones(out: Path, source: str | Path | None = None) -> tuple[Path
     return image, video
 
 
-def _write(target: Path, records: list[dict]) -> Path:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    write_jsonl(tmp, records)
-    os.replace(tmp, target)
-    return target
-
-
 def _without_chat(root: Path, split: str) -> list[dict]:
     return [r for r in read_jsonl(root / f"mix_{split}.jsonl") if not r["id"].startswith("chat-")]
 
@@ -113,7 +106,7 @@ def build_mixes(root: Path) -> dict[str, Path]:
     validation = random.Random(MIX_SEED).sample(validation, min(VALIDATION_SIZE, len(validation)))
     files = {"align_train": [r for r in train if "image" in r or "video" in r], "validation": validation,
              "test": _without_chat(root, "test")}
-    return {name: _write(root / f"smol_{name}.jsonl", records) for name, records in files.items()}
+    return {name: replace_jsonl(root / f"smol_{name}.jsonl", records) for name, records in files.items()}
 
 
 def build_tune_mix(root: Path, replay: Path) -> Path:
@@ -126,7 +119,7 @@ def build_tune_mix(root: Path, replay: Path) -> Path:
                  for i, p in enumerate(capability) for k, v in enumerate(chat.variants(p, "capabilities"))]
     tune = _without_chat(root, "train") + read_jsonl(replay) * REPLAY_REPEATS + identity
     random.Random(MIX_SEED).shuffle(tune)
-    return _write(root / "smol_tune_train.jsonl", tune)
+    return replace_jsonl(root / "smol_tune_train.jsonl", tune)
 
 
 def recipe(backbones: tuple[Path, Path] | None = None, data: dict[str, Path] | None = None) -> FusionConfig:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from mmassist.core.cache import cache_dir
-from mmassist.core.recipes.bundled.common import llava_record, write_jsonl
+from mmassist.core.recipes.bundled.common import llava_record, replace_jsonl
 from mmassist.core.runtime.assistant import Assistant
 
 # Answers generated so far, shipped with the recipe (answers-<settings key>.jsonl): they take an hour of CPU
@@ -109,7 +108,4 @@ def build_replay(decoder: str, prompts: Sequence[str], generation: dict | None =
         print(f"replay: {i}/{n} answers ({time.time() - start:.0f} s)", flush=True)
 
     rows = generate_answers(decoder, prompts, answers, generation=generation, progress=progress)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    write_jsonl(tmp, replay_records(rows))
-    os.replace(tmp, target)
-    return target
+    return replace_jsonl(target, replay_records(rows))

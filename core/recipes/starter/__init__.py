@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import shutil
 import time
@@ -39,7 +38,7 @@ from mmassist.core.contract.host import Host
 from mmassist.core.data import load_examples
 from mmassist.core.errors import ConfigError
 from mmassist.core.recipes import bundled
-from mmassist.core.recipes.bundled.common import llava_record, plain_question, read_jsonl, write_jsonl
+from mmassist.core.recipes.bundled.common import llava_record, plain_question, read_jsonl, replace_jsonl
 from mmassist.core.recipes.bundled.shapes import question_template
 from mmassist.core.recipes.starter import backbone
 from mmassist.core.recipes.starter.paths import (  # noqa: F401 (install_root, is_installed, model_path: re-exported)
@@ -205,11 +204,7 @@ def binding_mix(root: str | Path, seed: int = BINDING_SEED) -> Path:
     rng = random.Random(seed)
     records = turns + rng.sample(mix, min(len(turns), len(mix)))
     rng.shuffle(records)
-    target = root / BINDING_FILE
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    write_jsonl(tmp, records)
-    os.replace(tmp, target)
-    return target
+    return replace_jsonl(root / BINDING_FILE, records)
 
 
 MODEL_FILES = ("config.json", "model.safetensors", "manifest.json", "tokenizer.json", "tokenizer_config.json",
