@@ -1,6 +1,6 @@
 """Speed and hardware-use measurements of mmassist (issue 8): run ``python -m bench``.
 
-One module per measurement (``video``, ``finetune``, ``generate``, ``scaling``, ``flops``), each with
+One module per measurement (``video``, ``finetune``, ``generate``, ``scaling``, ``flops``, ``serve``, ``tasks``), each with
 ``run(quick=False) -> common.Section``; ``gpu_check`` runs them on a GPU with bf16. Results and how
 to read them: ``bench/README.md``.
 """
@@ -16,6 +16,8 @@ KEYS = (
     "mlp_step_time_ratio_64_vs_8",
     "train_flops_fraction_of_matmul_peak",
     "serve_throughput_8_vs_1",
+    "ner_f1_minus_plain_transformers",
+    "ner_cpu_time_vs_plain_transformers",
 )
 TARGETS = (  # (key, comparison, bound)
     ("video_sampling_speedup_vs_pyav_decode_all", ">=", 3.0),
@@ -26,4 +28,5 @@ TARGETS = (  # (key, comparison, bound)
     ("resampler_step_time_ratio_64_vs_8", "<=", 2.5),
     ("train_flops_fraction_of_matmul_peak", ">=", 0.35),
     ("serve_throughput_8_vs_1", ">=", 2.5),
+    ("ner_f1_minus_plain_transformers", ">=", 0.0),
 )

@@ -22,7 +22,7 @@ from bench import KEYS, TARGETS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs the network; never wait for it
 
-SECTIONS = ("video", "finetune", "generate", "scaling", "flops", "serve")
+SECTIONS = ("video", "finetune", "generate", "scaling", "flops", "serve", "tasks")
 __all__ = ["KEYS", "TARGETS", "SECTIONS", "main"]
 
 

@@ -163,6 +163,27 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tag(args: argparse.Namespace) -> int:
+    """Named entities with a token classification model: one line per entity (type, text, character span),
+    or with --words a tag per word; texts from the arguments, else one per line of standard input."""
+    from mmassist.core.runtime.assistant import Assistant
+
+    asst = Assistant.from_pretrained(args.model)
+    if args.words:
+        tags = asst.tag(args.words)
+        print(json.dumps(tags) if args.json else "\n".join(f"{w}\t{t}" for w, t in zip(args.words, tags)))
+        return 0
+    texts = [" ".join(args.text)] if args.text else [line.rstrip("\n") for line in sys.stdin]
+    for text in texts:
+        entities = asst.tag(text)
+        if args.json:
+            print(json.dumps(entities))
+        else:
+            for e in entities:
+                print(f"{e['entity']}\t{e['text']}\t{e['start']}-{e['end']}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """Serve the web app (Chat, Caption, Fine-tune, Plugins) until interrupted."""
     from mmassist.ui.server import launch
@@ -260,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--model", default="starter", help="a model folder (default: the starter)")
     p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("tag", help="find named entities with a token classification model")
+    p.add_argument("model", help="a model folder fine-tuned with task.kind: token_classification")
+    p.add_argument("text", nargs="*", help="the text (default: one text per line of standard input)")
+    p.add_argument("--words", nargs="+", help="tag these words instead, one tag each")
+    p.add_argument("--json", action="store_true", help="print JSON: a list of entities per text, or of tags")
+    p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("ui", help="serve the web app: chat, caption, fine-tune, plugins")
     p.add_argument("--model", help="the default model: a checkpoint folder (default: the bundled starter)")

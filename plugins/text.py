@@ -7,6 +7,8 @@ folder. The chat prompt itself is tokenized by the decoder's tokenizer, not by t
 
 from __future__ import annotations
 
+import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +23,26 @@ from mmassist.core.contract.hookspecs import hookimpl
 from mmassist.core.contract.media import Media
 
 TEXT_MIME_TYPES = ("text/plain",)
+# Word shapes (word_shapes: true): 0 is no word (special tokens, padding).
+SHAPES = ("none", "lower", "capitalised", "upper", "mixed", "digits", "punctuation")
+_WORD = re.compile(r"\S+")
+
+
+def word_shape(word: str) -> int:
+    """The index in :data:`SHAPES` of a word's shape, read from its letters (punctuation around it ignored)."""
+    core = word.strip(string.punctuation) or word
+    if any(c.isdigit() for c in core):
+        return SHAPES.index("digits")
+    letters = [c for c in core if c.isalpha()]
+    if not letters:
+        return SHAPES.index("punctuation")
+    if all(c.islower() for c in letters):
+        return SHAPES.index("lower")
+    if all(c.isupper() for c in letters):
+        return SHAPES.index("upper") if len(letters) > 1 else SHAPES.index("capitalised")
+    if letters[0].isupper() and all(c.islower() for c in letters[1:]):
+        return SHAPES.index("capitalised")
+    return SHAPES.index("mixed")
 
 
 @dataclass
@@ -37,6 +59,9 @@ class HFTextConfig:
                    "the tokenizer still comes from model_path")
     trust_remote_code: bool = help_field(False, help="allow code shipped with the model to run; "
                                                      "only for models you trust")
+    word_shapes: bool = help_field(False, help="add a learned embedding of each word's shape (lower, Capitalised, "
+                                               "ALL CAPS, mixed, digits, punctuation) to its tokens: gives an "
+                                               "uncased encoder such as MiniLM back the capitals that names carry")
 
     def __post_init__(self):
         check_range("text.max_length", self.max_length, 1, 8192)
@@ -91,15 +116,50 @@ class HFTextEncoder(Encoder):
                 self.model = AutoModel.from_pretrained(path, trust_remote_code=remote, add_pooling_layer=False)
         self.output_dim = int(self.model.config.hidden_size)
         self.pretrained_source = None if config.init_config is not None else path
+        self.shape_embedding = None
+        if config.word_shapes:  # zero at first: the pretrained features are unchanged until it learns
+            width = self.model.get_input_embeddings().embedding_dim
+            self.shape_embedding = torch.nn.Embedding(len(SHAPES), width)
+            torch.nn.init.zeros_(self.shape_embedding.weight)
 
     def preprocess(self, items: Sequence[Media]) -> dict[str, torch.Tensor]:
         texts = [read_text(m) for m in items]
+        shapes = self.config.word_shapes
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length,
-                             return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+                             return_tensors="pt", return_offsets_mapping=shapes)
+        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if shapes:  # each token gets the shape of the whitespace-separated word it lies in
+            ids = torch.zeros_like(enc["input_ids"])
+            for b, text in enumerate(texts):
+                words = [(m.start(), m.end(), word_shape(m.group())) for m in _WORD.finditer(text)]
+                for t, (start, end) in enumerate(enc["offset_mapping"][b].tolist()):
+                    if end > start and enc["attention_mask"][b, t]:
+                        ids[b, t] = next((shape for a, z, shape in words if a <= start < z), 0)
+            batch["shape_ids"] = ids
+        return batch
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
+    def preprocess_words(self, sentences: Sequence[Sequence[str]]) -> tuple[dict[str, torch.Tensor],
+                                                                              list[list[int | None]]]:
+        """Words through the tokenizer's ``is_split_into_words`` mode: every word is split into pieces
+        alone (no piece spans two words), and ``word_ids`` says which word each piece came from."""
+        enc = self.tokenizer([list(words) for words in sentences], is_split_into_words=True, padding=True,
+                             truncation=True, max_length=self.config.max_length, return_tensors="pt")
+        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        word_ids = [enc.word_ids(i) for i in range(len(sentences))]
+        if self.config.word_shapes:
+            batch["shape_ids"] = torch.tensor([[0 if w is None else word_shape(words[w]) for w in ids]
+                                               for words, ids in zip(sentences, word_ids)], dtype=torch.long)
+        return batch, word_ids
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                shape_ids: torch.Tensor | None = None) -> EncoderOutput:
+        if self.shape_embedding is not None and shape_ids is not None:
+            # Added to the token embeddings, so that every layer sees the shapes.
+            embeds = self.model.get_input_embeddings()(input_ids)
+            embeds = embeds + self.shape_embedding(shape_ids).to(embeds.dtype)
+            hidden = self.model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        else:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
         mask = attention_mask.bool()
         if self.config.pooling == "cls":
             pooled = hidden[:, 0]

@@ -25,7 +25,7 @@ def test_quick_benchmark_prints_every_key_as_a_finite_number():
     for key in KEYS:
         value = result.get(key)
         assert isinstance(value, (int, float)) and math.isfinite(value), f"{key} = {value!r}"
-    assert set(result["sections"]) == {"video", "finetune", "generate", "scaling", "flops", "serve"}
+    assert set(result["sections"]) == {"video", "finetune", "generate", "scaling", "flops", "serve", "tasks"}
     assert result["machine"]["torch"] and result["machine"]["cores"]
 
 

@@ -265,6 +265,19 @@ def test_resume_continues_exactly_where_the_run_stopped(classify_file, host, tmp
     assert resumed.metrics["steps"] == full.metrics["steps"]
 
 
+def test_a_resumed_run_may_change_its_test_file_and_generation_but_nothing_it_trains_on(classify_file, host,
+                                                                                       tmp_path):
+    cfg = classify_cfg(classify_file, epochs=1, save_every=2, eval_every=2)
+    core.finetune(cfg, output_dir=tmp_path / "cut", host=host, callbacks=[Recorder(stop_at=2)])
+    ckpt = tmp_path / "cut" / "checkpoints" / "step-000002"
+    with pytest.raises(core.ConfigError, match=r"\(training.lr, training.weight_decay changed\).*init_from"):
+        core.finetune(cfg, output_dir=tmp_path / "cut", host=host, resume_from=ckpt,
+                      **{"training.lr": 0.5, "training.weight_decay": 0.3})
+    res = core.finetune(cfg, output_dir=tmp_path / "cut", host=host, resume_from=ckpt,
+                        **{"data.test": None, "generation.max_new_tokens": 7})
+    assert res.metrics["steps"] > 2 and "test" not in res.metrics
+
+
 def test_the_run_ends_on_its_best_weights_even_if_best_was_left_set_aside(classify_file, host, tmp_path):
     """A kill while ``best`` was being replaced leaves only ``.best.old`` (a resumed run finds it so; here
     a callback leaves it so at the last step); the end of the run puts it back and publishes the best

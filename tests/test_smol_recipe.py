@@ -108,6 +108,8 @@ def test_a_stage_continues_from_a_shipped_checkpoint(host, tmp_path):
 
     smol.run_stage(cfg, tmp_path / "resumed", progress=shipped)  # same config: resumed at step 2
     assert train_steps(tmp_path / "resumed") == [3, 4]
+    smol.run_stage(cfg, tmp_path / "retested", progress=shipped, **{"data.test": None})  # evaluation-only change
+    assert train_steps(tmp_path / "retested") == [3, 4]
     smol.run_stage(cfg, tmp_path / "restarted", progress=shipped, **{"training.lr": 1e-3})  # another config
     assert train_steps(tmp_path / "restarted") == [1, 2, 3, 4]
     assert json.loads((tmp_path / "restarted" / "metrics.jsonl").read_text().splitlines()[0])["event"] == "init_from"

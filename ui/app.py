@@ -1,10 +1,10 @@
-"""The Gradio app: Chat, Caption, Fine-tune and Plugins tabs, built by :func:`build_app`.
+"""The Gradio app: Chat, Caption, Entities, Fine-tune and Plugins tabs, built by :func:`build_app`.
 
 Only the ``ui`` package imports gradio, and only when an app is built: the logic behind the tabs
 lives in plain modules (:mod:`mmassist.ui.chat`, :mod:`mmassist.ui.caption`, :mod:`mmassist.ui.finetune_job`...) that work
 without a browser. Building the app creates the plugin host; models load on first use.
 
-API endpoints, for ``gradio_client``: ``/chat``, ``/caption``, ``/models``, ``/start_finetune``,
+API endpoints, for ``gradio_client``: ``/chat``, ``/caption``, ``/tag``, ``/models``, ``/start_finetune``,
 ``/stop_finetune``, ``/job_status``, ``/template`` and ``/plugins``.
 """
 
@@ -19,6 +19,7 @@ from mmassist.core.contract.host import Host
 from mmassist.core.contract.media import extensions_for
 from mmassist.ui import caption as captioning
 from mmassist.ui import chat as chatting
+from mmassist.ui import tagging
 from mmassist.ui.finetune_job import JobRunner
 from mmassist.ui.models import ModelStore
 from mmassist.ui.shared import Shared, media_file_types, user_errors
@@ -68,6 +69,8 @@ def build_app(model: str | None = None, *, host: Host | None = None,
                 chat_tab(gr, shared)
             with gr.Tab("Caption", id="caption", elem_id="tab-caption"):
                 caption_tab(gr, shared)
+            with gr.Tab("Entities", id="entities", elem_id="tab-entities"):
+                entities_tab(gr, shared)
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
                 finetune_tab(gr, shared, demo)
             with gr.Tab("Plugins", id="plugins", elem_id="tab-plugins"):
@@ -206,6 +209,24 @@ def caption_tab(gr, shared: Shared) -> None:
 
     cap_button.click(caption, [cap_files, shared.model_box], [cap_table, cap_downloads], api_name="caption",
                      concurrency_limit=shared.concurrency, concurrency_id="caption")
+
+
+def entities_tab(gr, shared: Shared) -> None:
+    """Named entities highlighted in a text, with a model fine-tuned for token classification."""
+    gr.Markdown("Find people, places, organisations... in a text with a model fine-tuned for token "
+                "classification (the *Named entities* template of the Fine-tune tab); pick it in the Model box.")
+    text = gr.Textbox(label="Text", lines=4, elem_id="entities-text",
+                      placeholder="Ada Lovelace worked with Charles Babbage in London.")
+    button = gr.Button("Find entities", variant="primary", elem_id="entities-button")
+    shown = gr.HighlightedText(label="Entities", combine_adjacent=False, show_legend=True, elem_id="entities-out")
+
+    def tag(value: str, model: str) -> dict:
+        """The text with its entities: {"text", "entities": [{"entity", "text", "start", "end"}]}."""
+        with user_errors():
+            return tagging.find_entities(shared.store.get(model), value)
+
+    gr.on([button.click, text.submit], tag, [text, shared.model_box], [shown], api_name="tag",
+          concurrency_limit=shared.concurrency, concurrency_id="tag")
 
 
 def plugins_tab(gr, shared: Shared, demo) -> None:

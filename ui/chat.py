@@ -16,6 +16,7 @@ from mmassist.core.errors import UnsupportedInputError
 from mmassist.core.contract.host import Host
 from mmassist.core.runtime.model import placeholder_token
 from mmassist.core.runtime.processor import caption_prompt
+from mmassist.ui.tagging import entities_markdown, find_entities
 from mmassist.ui.models import LoadedModel
 
 Turn = tuple[str, str, list[str]]  # (role, text, file paths)
@@ -125,6 +126,11 @@ def answer(model: LoadedModel, host: Host, message: Mapping[str, Any] | str,
     asst = model.assistant
     if asst.cfg.task.kind == "classification":
         yield classify(model, host, text, files)
+        return
+    if asst.cfg.task.kind == "token_classification":
+        if files:
+            raise UnsupportedInputError("this model finds entities in text; type the text, attach no file")
+        yield entities_markdown(find_entities(model, text))
         return
     messages = conversation(history, text, files, model, host)
     with model.lock:

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from mmassist.core.data import CAPTION_FILES
 from mmassist.core.errors import DataFormatError
 
-DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv")
+DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".conll")
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
 MAX_UNPACKED_BYTES = 8 * 1024**3
 MAX_MEMBERS = 200_000

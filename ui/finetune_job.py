@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmassist.core.training.callbacks import TrainerCallback, TrainerControl, TrainerState
+from mmassist.core.training.finetune import AUTO_METRIC
 from mmassist.core.runtime.config import FusionConfig
 from mmassist.core.errors import MMAssistError
 from mmassist.core.contract.host import Host
@@ -39,7 +40,7 @@ def planned_series(cfg: FusionConfig) -> list[str]:
     if cfg.data.validation or cfg.data.validation_fraction > 0:
         metric = cfg.training.metric
         if metric == "auto":
-            metric = "accuracy" if cfg.task.kind == "classification" else "loss"
+            metric = AUTO_METRIC.get(cfg.task.kind, "loss")
         series += [f"validation {name}" for name in dict.fromkeys(("loss", metric))]
     return series
 

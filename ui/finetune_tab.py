@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmassist.core.runtime.config import FusionConfig
+from mmassist.core.runtime.config import TASKS
 from mmassist.core.schema import yaml_load
 from mmassist.core.errors import ConfigError, MMAssistError
 from mmassist.ui.datasets import DATA_SUFFIXES, prepare_dataset
@@ -32,7 +33,7 @@ EXAMPLE_PREFIX = "example: "
 def finetune_tab(gr, shared: Shared, demo) -> None:
     """Build the tab's components and events inside the current ``gr.Tab``."""
     fields = form_fields()
-    starts = [TEMPLATE_PREFIX + t for t in ("caption", "chat", "vqa", "classification")] + \
+    starts = [TEMPLATE_PREFIX + t for t in TASKS] + \
              [EXAMPLE_PREFIX + name for name in bundled_configs()]
     first_yaml = template_yaml("caption")
     first_values = form_values(first_yaml, fields)

@@ -52,6 +52,15 @@ _TEMPLATES: dict[str, dict[str, Any]] = {
         "data": {"validation_fraction": 0.1, "text_column": "sentence", "label_column": "label"},
         "training": {"epochs": 1, "batch_size": 32, "lr": 1.0e-3, "log_every": 5, "eval_every": 50},
     },
+    # Named entities: CoNLL (word TAG lines) or JSONL ({"tokens", "tags"}); the tags come from the data.
+    "token_classification": {
+        "encoders": {"text": {**TEXT_ENCODER, "config": {"max_length": 128}}},
+        "decoder": {"init": {**SMALL_DECODER, "num_hidden_layers": 1}, "tokenizer": "bytes", "max_length": 192,
+                    "lr": 1.0e-3},
+        "task": {"kind": "token_classification", "prompt": "Named entities:"},
+        "data": {"validation_fraction": 0.1},
+        "training": {"epochs": 3, "batch_size": 16, "lr": 1.0e-3, "log_every": 5, "patience": 3},
+    },
 }
 
 HEADER = ("# The whole fine-tune config (see `mmassist finetune --help` and examples/configs/).\n"

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mmassist.core import schema
-from mmassist.core.errors import ConfigError, PluginError, UndecodableInputError
+from mmassist.core.errors import ConfigError, PluginError, UndecodableInputError, UnsupportedInputError
 from mmassist.core.contract.media import SNIFF_BYTES, Media, mime_matches
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*/[a-z0-9][a-z0-9_.-]*$")
@@ -53,6 +53,16 @@ class Encoder(nn.Module):
 
     def preprocess(self, items: Sequence[Media]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def preprocess_words(self, sentences: Sequence[Sequence[str]]) -> tuple[dict[str, torch.Tensor],
+                                                                              list[list[int | None]]]:
+        """Optional, for token classification: sentences already split into words -> ``preprocess``'s batch
+        and, for each sentence, the index of the word each output token comes from (None for tokens of no
+        word: special tokens, padding), in the order of ``forward``'s features. Words that do not fit
+        (truncation) have no token. A text encoder over a Hugging Face tokenizer reads its
+        ``is_split_into_words`` output's ``word_ids``."""
+        raise UnsupportedInputError(f"{type(self).__name__} cannot read sentences split into words, which "
+                                    "token classification needs (it implements no preprocess_words)")
 
     def forward(self, **batch: torch.Tensor) -> EncoderOutput:  # type: ignore[override]
         raise NotImplementedError

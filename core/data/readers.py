@@ -11,6 +11,10 @@ Three families of formats, chosen by the task and detected from the file's exten
   (``file``, ``caption``), or one of those files given directly.
 - Classification (``classification``): TSV, CSV or JSONL with a text (or media path) column and a
   label column. SST-2's headerless ``sentence<TAB>label`` works as is.
+- Token classification (``token_classification``): CoNLL files (``word TAG`` per line, the tag in the last
+  column, a blank line between sentences, ``-DOCSTART-`` lines skipped) or JSONL/JSON records
+  ``{"tokens": [...], "tags": [...]}`` (``ner_tags`` as Hugging Face datasets write them: tags or their
+  indices in ``task.labels``).
 
 No modality is named here: what a file is, and which modalities records may name, is whatever the host's
 plugins read (:class:`MediaTypes`): a file's modality is the encoder the host routes it to.
@@ -38,6 +42,7 @@ from mmassist.core.contract.host import Host
 from mmassist.core.contract.media import Media
 from mmassist.core.contract.sources import uri_scheme
 from mmassist.core.runtime.model import placeholder_token
+from mmassist.core.runtime.tags import check_tag
 from mmassist.core.runtime.processor import ROLE_ALIASES, caption_prompt, content_parts, join_parts
 
 CAPTION_FILES = ("captions.jsonl", "captions.csv")
@@ -95,7 +100,8 @@ class Example:
     several records on one line). Conversation-like tasks (chat, vqa, caption) fill
     ``messages`` (``{"role", "content"}`` dicts whose text holds one ``<image>``, ``<video>``... (any
     installed modality's) placeholder per media item) and ``media`` (``(modality, absolute path)`` in
-    placeholder order). Classification fills ``label`` and either ``text`` or one ``media`` item.
+    placeholder order). Classification fills ``label`` and either ``text`` or one ``media`` item; token
+    classification fills ``words`` and their ``tags``.
     """
 
     source: str
@@ -103,6 +109,8 @@ class Example:
     media: tuple[tuple[str, Path], ...] = ()
     text: str | None = None
     label: str | None = None
+    words: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
 
 
 # -- locations and errors ----------------------------------------------------------------------
@@ -338,6 +346,11 @@ def load_examples(path: str | Path, task: TaskConfig, data: DataConfig, host: Ho
     text = _read_text(path)
     base = path.parent.resolve()
     file_kind = _kind_of_file(path, text)
+
+    if task.kind == "token_classification":
+        if file_kind == "records":
+            return _require_examples([_tagged_record(loc, rec, task) for loc, rec in _iter_records(path, text)], path)
+        return _require_examples(_conll(path, text, task), path)
 
     if task.kind == "classification":
         if file_kind == "table":
@@ -659,6 +672,82 @@ def _classification_example(loc: _Loc, value: str, raw_label: str, base: Path, t
     if not value.strip():
         raise loc.error("the text is empty")
     return Example(loc.source, text=value, label=label)
+
+
+# -- token classification ------------------------------------------------------------------------
+
+
+def _conll(path: Path, text: str, task: TaskConfig) -> list[Example]:
+    """CoNLL sentences: ``word ... TAG`` lines (whitespace-separated, the tag last), blank lines between
+    sentences, ``-DOCSTART-`` lines skipped. Each example's source is the line of its first word."""
+    name = str(path)
+    examples: list[Example] = []
+    words: list[str] = []
+    tags: list[str] = []
+    first = 0
+
+    def flush() -> None:
+        if words:
+            examples.append(Example(f"{name}:{first}", words=tuple(words), tags=tuple(tags)))
+            words.clear()
+            tags.clear()
+
+    for number, line in enumerate(text.split("\n"), 1):
+        cells = line.split()
+        if not cells or cells[0] == "-DOCSTART-":
+            flush()
+            continue
+        loc = _Loc(name, number)
+        if len(cells) < 2:
+            raise loc.error(f"expected a word and its tag separated by whitespace (CoNLL: 'Paris I-LOC'), "
+                            f"got {line.strip()[:80]!r}")
+        if not words:
+            first = number
+        words.append(cells[0])
+        tags.append(_tag_name(loc, cells[-1], task.labels))
+    flush()
+    return examples
+
+
+def _tagged_record(loc: _Loc, rec: Any, task: TaskConfig) -> Example:
+    """``{"tokens": [...], "tags": [...]}`` (or ``ner_tags``, tags or their indices in ``task.labels``)."""
+    if not isinstance(rec, dict):
+        raise loc.error(f"a record must be a JSON object, got {_json_type(rec)}")
+    key = "tags" if "tags" in rec else "ner_tags"
+    if "tokens" not in rec or key not in rec:
+        raise loc.error(f"a token classification record has 'tokens' and 'tags' (lists of one word and one tag "
+                        f"each); its keys: {', '.join(map(str, rec))}")
+    tokens, raw_tags = rec["tokens"], rec[key]
+    for field_name, value in (("tokens", tokens), (key, raw_tags)):
+        if not isinstance(value, list):
+            raise loc.error(f"{field_name!r} must be a list, got {_json_type(value)}")
+    if not tokens:
+        raise loc.error("'tokens' is empty")
+    if len(tokens) != len(raw_tags):
+        raise loc.error(f"{len(tokens)} tokens but {len(raw_tags)} tags; give one tag per token")
+    for i, word in enumerate(tokens):
+        if not isinstance(word, str) or not word.strip():
+            raise loc.error(f"token {i} is {json.dumps(word)[:40]}; tokens are non-empty strings")
+    tags = []
+    for i, raw in enumerate(raw_tags):
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            if not 0 <= raw < len(task.labels):
+                raise loc.error(f"tag {i} is the index {raw}, but task.labels has {len(task.labels)} tags"
+                                + ("" if task.labels else "; write the tags themselves or set task.labels"))
+            raw = task.labels[raw]
+        elif not isinstance(raw, str):
+            raise loc.error(f"tag {i} must be a string or an index, got {_json_type(raw)}")
+        tags.append(_tag_name(loc, raw, task.labels))
+    return Example(loc.source, words=tuple(tokens), tags=tuple(tags))
+
+
+def _tag_name(loc: _Loc, tag: str, labels: Sequence[str]) -> str:
+    problem = check_tag(tag)
+    if problem:
+        raise loc.error(problem)
+    if labels and tag not in labels:
+        raise loc.error(f"unknown tag {tag!r}; task.labels: {', '.join(labels)}")
+    return tag
 
 
 def _label_name(raw: str, labels: Sequence[str]) -> str | None:

@@ -19,6 +19,7 @@ from mmassist.core.contract.host import Host
 from mmassist.core.contract.media import looks_like_a_file_name, media_file
 from mmassist.core.runtime.model import MultimodalModel, build_tokenizer_for, placeholder_token
 from mmassist.core.runtime.processor import Encoded, Processor, caption_prompt
+from mmassist.core.runtime.tags import entity_spans, split_words, word_tags
 
 
 
@@ -243,9 +244,9 @@ class Assistant:
     @torch.no_grad()
     def classify(self, items: Any, *, return_scores: bool = False) -> Any:
         """The label of one input (a text, an image...) or of each input of a list."""
-        if self.model.head is None:
+        if self.cfg.task.kind != "classification":
             raise ConfigError(f"this model was trained for {self.cfg.task.kind}, not classification; "
-                              "use chat() or caption()")
+                              + ("use tag()" if self.cfg.task.kind == "token_classification" else "use chat() or caption()"))
         single = not isinstance(items, (list, tuple))
         items = [items] if single else list(items)
         encoded = [self.processor.encode(self.classification_conversation(x), add_generation_prompt=True)
@@ -259,6 +260,40 @@ class Assistant:
             for p in probs
         ]
         return out[0] if single else out
+
+    @torch.no_grad()
+    def tag(self, words: str | Sequence[str]) -> list[str] | list[dict[str, Any]]:
+        """Named entities, with a token classification model. Given a list of words: one tag per word
+        (``O``, ``B-PER``...). Given a text: its entities, ``{"entity": "PER", "text": "Ada Lovelace",
+        "start": 0, "end": 12}`` with character offsets into the text (words split off at spaces and
+        punctuation by :func:`mmassist.core.runtime.tags.split_words`)."""
+        if self.cfg.task.kind != "token_classification":
+            raise ConfigError(f"this model was trained for {self.cfg.task.kind}, not token classification; "
+                              + ("use classify()" if self.cfg.task.kind == "classification" else "use chat() or caption()"))
+        if isinstance(words, str):
+            found = split_words(words)
+            tags = self._tag_words([w for w, _, _ in found])
+            return [{"entity": kind, "text": words[found[a][1]:found[b - 1][2]], "start": found[a][1],
+                     "end": found[b - 1][2]} for kind, a, b in entity_spans(tags)]
+        if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) for w in words):
+            raise UnsupportedInputError(f"tag() takes a text or a list of words (strings), not {type(words).__name__}")
+        return self._tag_words(list(words))
+
+    def _tag_words(self, words: list[str]) -> list[str]:
+        """A tag per word; a sentence longer than the text encoder takes is tagged in consecutive parts."""
+        tags: list[str] = []
+        while words:
+            batch = self.processor.collate([self.processor.encode_words(self.cfg.task.prompt, words)]).to(self.device)
+            with autocast(self.device, self.dtype):
+                logits = self.model(batch).logits
+            got = word_tags(logits, batch.word_index, [len(words)], self.cfg.task.labels, missing=None)[0]
+            fitted = next((i for i, t in enumerate(got) if t is None), len(got))
+            if fitted == 0:
+                raise UnsupportedInputError(f"the word {words[0][:40]!r} is longer than the text encoder's "
+                                            f"max_length; split it")
+            tags += got[:fitted]
+            words = words[fitted:]
+        return tags
 
     def classification_conversation(self, item: Any):
         """The prompt a classifier sees for one input (:meth:`Processor.classification_conversation`):

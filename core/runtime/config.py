@@ -23,9 +23,10 @@ from typing import Any
 from mmassist.core import schema
 from mmassist.core.schema import check_choice, check_range, help_field, yaml_load
 from mmassist.core.errors import ConfigError
+from mmassist.core.runtime.tags import check_tag
 from mmassist.fusion.config import FusionModuleConfig, check_modality_name
 
-TASKS = ("chat", "caption", "vqa", "classification")
+TASKS = ("chat", "caption", "vqa", "classification", "token_classification")
 
 
 def in_part(name: str, part: str) -> bool:
@@ -104,8 +105,11 @@ class DecoderConfig:
 class TaskConfig:
     """What the model is fine-tuned to do, and the adapter on top of the decoder."""
 
-    kind: str = help_field("chat", choices=TASKS, help="chat, caption, vqa or classification")
-    labels: list[str] = help_field(default_factory=list, help="classification: the class names, in order")
+    kind: str = help_field("chat", choices=TASKS, help="chat, caption, vqa, classification (a label per input) or "
+                                                       "token_classification (a tag per word: named entities)")
+    labels: list[str] = help_field(default_factory=list, help="classification: the class names, in order; "
+                                                              "token_classification: the tags (O, B-PER, I-PER...), "
+                                                              "empty = the tags found in the data")
     prompt: str = help_field("", help="instruction put before each input for caption and classification "
                                       "tasks, e.g. 'Describe the image.'; placeholders are added for the media")
     system_prompt: str | None = help_field(None, help="a system message put before every conversation")
@@ -120,6 +124,11 @@ class TaskConfig:
         check_choice("task.pooling", self.pooling, ("last", "mean"))
         if self.kind == "classification" and len(self.labels) < 2:
             raise ConfigError("task.labels: a classification task needs at least two labels")
+        if self.kind == "token_classification":
+            for tag in self.labels:
+                problem = check_tag(tag)
+                if problem:
+                    raise ConfigError(f"task.labels: {problem}")
         if len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"task.labels has duplicates: {self.labels}")
 
@@ -184,7 +193,7 @@ class LoraConfig:
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
-METRICS = ("loss", "accuracy", "macro_f1", "exact_match", "bleu", "cider_d")
+METRICS = ("loss", "accuracy", "macro_f1", "f1", "exact_match", "bleu", "cider_d")
 GENERATED_METRICS = ("exact_match", "bleu", "cider_d")  # scored on answers generated during validation
 
 
@@ -216,7 +225,8 @@ class TrainingConfig:
     keep_checkpoints: int = help_field(2, help="resumable checkpoints to keep (the newest)")
     metric: str = help_field("auto", choices=("auto",) + METRICS,
                              help="validation metric for early stopping and the best checkpoint; "
-                                  "auto: accuracy for classification, loss otherwise")
+                                  "auto: accuracy for classification, entity f1 for token_classification, "
+                                  "loss otherwise")
     patience: int | None = help_field(None, help="stop after this many evaluations without improvement")
     eval_generate: int = help_field(64, help="generation tasks: validation examples to generate answers "
                                              "for at each evaluation (0 = loss only)")
@@ -356,6 +366,21 @@ class FusionConfig:
                 node = node[key]
             node[last] = value
         return FusionConfig.from_dict(data)
+
+    def differences(self, other: "FusionConfig") -> list[str]:
+        """The dotted names of the fields whose values differ between two configs (sections compared field by
+        field), sorted."""
+        def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+            if not isinstance(node, dict):
+                return {prefix: node}
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()} \
+                if node else {prefix: node}
+
+        a, b = flat(self.to_dict()), flat(other.to_dict())
+        return sorted(k.rstrip(".") for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING))
+
+
+_MISSING = object()
 
 
 def load_yaml_or_json(text: str, path: Path) -> Any:

@@ -24,6 +24,10 @@ from mmassist.core.contract.host import Host
 from mmassist.fusion import FusionModule, IGNORE_INDEX, expand_placeholders, make_layout, splice, token_counts
 
 
+# Tasks with a head of their own on the decoder's hidden states, instead of the LM head.
+HEAD_TASKS = ("classification", "token_classification")
+
+
 def placeholder_token(modality: str) -> str:
     """The prompt placeholder of a modality: ``<image>``, ``<video>``, ``<audio>``..."""
     return f"<{modality}>"
@@ -50,6 +54,10 @@ class Batch:
     # the items missing from the cache (media_missing[m] lists their positions).
     media_keys: dict[str, list[str]] = field(default_factory=dict)
     media_missing: dict[str, list[int]] = field(default_factory=dict)
+    # Token classification, over the text item's tokens (B, T): the word whose first piece each token is
+    # (-1 elsewhere), and that word's tag index (-100 elsewhere) when training.
+    word_index: torch.Tensor | None = None
+    token_labels: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         def move(t):
@@ -60,13 +68,16 @@ class Batch:
             media={m: {k: v.to(device) for k, v in d.items()} for m, d in self.media.items()},
             item_modalities=self.item_modalities, class_labels=move(self.class_labels),
             padding_side=self.padding_side, media_keys=self.media_keys, media_missing=self.media_missing,
+            word_index=move(self.word_index), token_labels=move(self.token_labels),
         )
 
 
 @dataclass
 class ModelOutput:
     loss: torch.Tensor | None
-    logits: torch.Tensor  # (B, L', vocab) for generation tasks, (B, n_labels) for classification
+    # (B, L', vocab) for generation tasks, (B, n_labels) for classification, (B, T, n_tags) for token
+    # classification (T: the text item's tokens, as in Batch.word_index)
+    logits: torch.Tensor
     inputs_embeds: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
 
@@ -165,7 +176,14 @@ class MultimodalModel(nn.Module):
         ) if self.encoders else None
         self.placeholder_ids = {m: tokenizer.convert_tokens_to_ids(placeholder_token(m)) for m in cfg.encoders}
         self.pad_token_id = tokenizer.pad_token_id
-        self.head = nn.Linear(hidden, len(cfg.task.labels)) if cfg.task.kind == "classification" else None
+        self.head = nn.Linear(hidden, len(cfg.task.labels)) if cfg.task.kind in HEAD_TASKS else None
+        if cfg.task.kind == "token_classification":
+            if "text" not in self.encoders:
+                raise ConfigError("task.kind=token_classification tags words read by a text encoder: add "
+                                  "encoders.text (e.g. text/hf)")
+            if cfg.fusion.projector_for("text").kind == "resampler":
+                raise ConfigError("token classification needs one fused token per text token: the text "
+                                  "projector cannot be a resampler (use mlp or linear)")
         self.feature_cache: FeatureCache | None = None
         if cfg.training.lora.enabled:
             apply_lora(self, cfg.training.lora)
@@ -220,7 +238,9 @@ class MultimodalModel(nn.Module):
         return embeds, mask, labels, ids
 
     def forward(self, batch: Batch) -> ModelOutput:
-        embeds, mask, labels, _ = self.embed(batch)
+        embeds, mask, labels, ids = self.embed(batch)
+        if self.cfg.task.kind == "token_classification":
+            return self._tag(batch, embeds, mask, ids)
         if self.head is not None:
             # The base model, without the LM head: no (B, L', vocab) logits to compute.
             hidden = unwrap_peft(self.decoder).base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
@@ -233,6 +253,24 @@ class MultimodalModel(nn.Module):
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels)
+        return ModelOutput(loss, logits, embeds, mask)
+
+
+    def _tag(self, batch: Batch, embeds: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> ModelOutput:
+        """Token classification: the decoder's hidden state at each slot of the text item (one per text
+        token, in order) through the head -> (B, T, n_tags), T as in ``batch.word_index``."""
+        hidden = unwrap_peft(self.decoder).base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        slots = ids == self.placeholder_ids["text"]  # (B, L'): the text item's tokens, in order
+        rank = slots.long().cumsum(1) - 1  # (B, L'): each slot's token index within the item
+        n_tokens = batch.word_index.shape[1]
+        tokens = hidden.new_zeros(hidden.shape[0], n_tokens, hidden.shape[-1])  # (B, T, H)
+        rows = torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1).expand_as(slots)
+        tokens[rows[slots], rank[slots]] = hidden[slots]
+        logits = self.head(tokens.to(self.head.weight.dtype))  # (B, T, C)
+        loss = None
+        if batch.token_labels is not None:
+            loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), batch.token_labels.flatten(),
+                                               ignore_index=IGNORE_INDEX)
         return ModelOutput(loss, logits, embeds, mask)
 
 

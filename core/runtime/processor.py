@@ -108,6 +108,9 @@ class Encoded:
     items: dict[str, list[Media]]
     item_modalities: list[str]
     class_label: int | None = None
+    # Token classification: the words of the text item, and their tag indices when training.
+    words: list[str] | None = None
+    tags: list[int] | None = None
 
 
 class Processor:
@@ -188,6 +191,27 @@ class Processor:
         tag = placeholder_token(modality)
         body = prompt if tag in prompt else (f"{tag}\n{prompt}" if prompt else tag)
         return self.conversation(body, {modality: [Media.of(value)]})
+
+    def tagging_conversation(self, prompt: str, words: Sequence[str]) -> Conversation:
+        """What a token classifier reads: ``prompt`` (``task.prompt``) with the words as one text item at its
+        ``<text>`` placeholder (the words themselves go to the text encoder: see :meth:`encode_words`)."""
+        if "text" not in self.modalities:
+            raise ConfigError("token classification reads words through a text encoder; this model has none "
+                              "(add encoders.text, e.g. text/hf)")
+        tag = placeholder_token("text")
+        body = prompt if tag in prompt else (f"{tag}\n{prompt}" if prompt else tag)
+        return self.conversation(body, {"text": [text_media(" ".join(words))]})
+
+    def encode_words(self, prompt: str, words: Sequence[str], tags: Sequence[int] | None = None) -> Encoded:
+        """One sentence of words (and, to train, their tag indices) for a token classifier."""
+        if not words:
+            raise UnsupportedInputError("there are no words to tag")
+        bad = next((w for w in words if not isinstance(w, str) or not w or any(c.isspace() for c in w)), None)
+        if bad is not None:
+            raise UnsupportedInputError(f"every word must be a non-empty string without spaces, got {bad!r}")
+        encoded = self.encode(self.tagging_conversation(prompt, words), add_generation_prompt=True)
+        encoded.words, encoded.tags = list(words), None if tags is None else list(tags)
+        return encoded
 
     def _add_user_text_items(self, messages: list[dict[str, str]], items: dict[str, list[Media]]) -> list[dict[str, str]]:
         """``task.encode_user_text``: each user turn's own words (placeholders removed) also become a
@@ -292,9 +316,12 @@ class Processor:
             if labels is not None:
                 labels[b, sl] = torch.tensor(e.labels)
         media, keys, missing = {}, {}, {}
+        word_index = token_labels = None
+        if any(e.words is not None for e in examples):
+            media["text"], word_index, token_labels = self._collate_words(examples)
         for m in self.modalities:
             items = [x for e in examples for x in e.items.get(m, [])]
-            if not items:
+            if not items or m in media:
                 continue
             if cache is not None and m in cache.modalities:
                 keys[m] = [content_key(m, x) for x in items]
@@ -311,4 +338,26 @@ class Processor:
         if all(e.class_label is not None for e in examples):
             class_labels = torch.tensor([e.class_label for e in examples], dtype=torch.long)
         return Batch(ids, mask, labels, media, [e.item_modalities for e in examples], class_labels, padding_side,
-                     keys, missing)
+                     keys, missing, word_index, token_labels)
+
+    def _collate_words(self, examples: Sequence[Encoded]) -> tuple[dict[str, torch.Tensor], torch.Tensor,
+                                                                   torch.Tensor | None]:
+        """The text encoder's batch of the examples' words, ``word_index`` (B, T): the word whose first
+        piece each token is (-1 elsewhere), and ``token_labels`` (B, T): that word's tag index (-100
+        elsewhere) when every example has tags."""
+        if not all(e.words is not None and len(e.items.get("text", [])) == 1 for e in examples):
+            raise UnsupportedInputError("a token classification batch holds sentences of words only, one a prompt")
+        inputs, word_ids = self.encoders["text"].preprocess_words([e.words for e in examples])
+        length = max(len(ids) for ids in word_ids)
+        word_index = torch.full((len(examples), length), -1, dtype=torch.long)
+        with_tags = all(e.tags is not None for e in examples)
+        token_labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long) if with_tags else None
+        for b, ids in enumerate(word_ids):
+            previous = None
+            for t, w in enumerate(ids):
+                if w is not None and w != previous:  # a word's first piece carries its tag
+                    word_index[b, t] = w
+                    if token_labels is not None:
+                        token_labels[b, t] = examples[b].tags[w]
+                previous = w
+        return inputs, word_index, token_labels

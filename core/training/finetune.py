@@ -43,12 +43,14 @@ from mmassist.core.errors import ConfigError, DataFormatError, MMAssistError
 from mmassist.core.runtime.feature_cache import FeatureCache
 from mmassist.core.contract.host import Host
 from mmassist.core.contract.media import Media, text_media
-from mmassist.core.training.metrics import classification_report, text_report
+from mmassist.core.training.metrics import classification_report, entity_report, text_report
 from mmassist.core.runtime.model import MultimodalModel, build_tokenizer_for, unwrap_peft
 from mmassist.core.runtime.processor import Encoded, Processor
+from mmassist.core.runtime.tags import sort_tags, word_tags
 from mmassist.core.training.train_state import load_train_state, optimizer_state, save_train_state
 
 LOWER_IS_BETTER = {"loss"}
+AUTO_METRIC = {"classification": "accuracy", "token_classification": "f1"}  # training.metric: auto
 
 
 @dataclass
@@ -102,6 +104,9 @@ def _barrier(d: Dist) -> None:
 def encode_example(ex: Example, processor: Processor, cfg: FusionConfig, *, for_training: bool) -> Encoded:
     """A dataset example -> token ids (labels on the answer) and media, with the file:line on errors."""
     try:
+        if cfg.task.kind == "token_classification":
+            tags = [cfg.task.labels.index(t) for t in ex.tags] if for_training else None
+            return processor.encode_words(cfg.task.prompt, ex.words, tags)
         if cfg.task.kind == "classification":
             conv = processor.classification_conversation(cfg.task.prompt, **_classified_input(ex, cfg))
             return processor.encode(conv, add_generation_prompt=True, class_label=cfg.task.labels.index(ex.label))
@@ -230,7 +235,8 @@ class _Run:
     """One fine-tune: everything ``finetune`` sets up, and the loop over it."""
 
     def __init__(self, cfg: FusionConfig, output_dir: Path, callbacks: Sequence[TrainerCallback],
-                 resume_from: Path | None, host: Host, init_from: Path | None = None):
+                 resume_from: Path | None, host: Host, init_from: Path | None = None,
+                 splits: dict[str, list[Example]] | None = None):
         self.cfg, self.out, self.callbacks, self.host = cfg, output_dir, list(callbacks), host
         self.dist = init_distributed()
         t = cfg.training
@@ -246,7 +252,9 @@ class _Run:
             self.init_missing = load_initial_weights(self.model, init_from, self.tokenizer)
         apply_freezing(self.model, cfg)
         if t.feature_cache:
-            cached = [m for m, e in cfg.encoders.items() if e.freeze and not e.trainable and m not in t.lora.encoders]
+            # (A token classifier's text encoder reads words, not the cached items.)
+            cached = [m for m, e in cfg.encoders.items() if e.freeze and not e.trainable and m not in t.lora.encoders
+                      and not (m == "text" and cfg.task.kind == "token_classification")]
             self.model.feature_cache = FeatureCache(cached) if cached else None
         if t.gradient_checkpointing:
             decoder = self.model.decoder  # transformers 5.x renamed it; older releases have the old name
@@ -257,7 +265,7 @@ class _Run:
             self.model.decoder.compile()
         self.processor = Processor(self.tokenizer, self.model.encoders, cfg.decoder.max_length, cfg.task.system_prompt,
                                    cfg.task.encode_user_text)
-        self.splits = load_splits(cfg.data, cfg.task, host)
+        self.splits = splits or load_splits(cfg.data, cfg.task, host)
         if not self.splits["train"]:
             raise DataFormatError("no training examples", path=cfg.data.train)
         self.train = [encode_example(e, self.processor, cfg, for_training=True) for e in self.splits["train"]]
@@ -274,7 +282,7 @@ class _Run:
         self.save_every = t.save_every or self.eval_every
         warmup = int(t.warmup_ratio * self.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t.scheduler, warmup, self.max_steps))
-        self.metric = t.metric if t.metric != "auto" else ("accuracy" if cfg.task.kind == "classification" else "loss")
+        self.metric = t.metric if t.metric != "auto" else AUTO_METRIC.get(cfg.task.kind, "loss")
         self.state = TrainerState(max_steps=self.max_steps, metric_name=self.metric, is_main_process=self.dist.main)
         self.control = TrainerControl()
         self.position = {"epoch": 0, "batch": 0}
@@ -458,7 +466,7 @@ def evaluate_examples(asst: Assistant, examples: Sequence[Example], batch_size: 
     BLEU and CIDEr-D of greedy answers (other tasks; on the first ``generate_limit`` examples)."""
     cfg, model, processor = asst.cfg, asst.model.eval(), asst.processor
     total, weight = 0.0, 0
-    preds: list[str] = []
+    preds: list[Any] = []
     encoded = [encode_example(e, processor, cfg, for_training=True) for e in examples]
     for s in range(0, len(encoded), batch_size):
         batch = processor.collate(encoded[s: s + batch_size], cache=model.feature_cache).to(asst.device)
@@ -467,10 +475,17 @@ def evaluate_examples(asst: Assistant, examples: Sequence[Example], batch_size: 
         if cfg.task.kind == "classification":
             n = len(batch.input_ids)
             preds += [cfg.task.labels[i] for i in out.logits.argmax(-1).tolist()]
+        elif cfg.task.kind == "token_classification":
+            n = int((batch.token_labels != -100).sum())
+            preds += word_tags(out.logits, batch.word_index, [len(e.words) for e in encoded[s: s + batch_size]],
+                               cfg.task.labels)
         else:
             n = int((batch.labels[:, 1:] != -100).sum())
         total, weight = total + float(out.loss) * n, weight + n
     metrics: dict[str, Any] = {"loss": total / max(weight, 1)}
+    if cfg.task.kind == "token_classification":
+        metrics.update(entity_report([list(e.tags) for e in examples], preds))
+        return metrics
     if cfg.task.kind == "classification":
         metrics.update(classification_report([e.label for e in examples], preds, cfg.task.labels))
         return metrics
@@ -536,6 +551,16 @@ class _null:
         return False
 
 
+# What a resumed run may change: nothing it has learned or will learn depends on them (the test file is
+# read after training; generation settings shape the answers of evaluations only).
+RESUMABLE_CHANGES = ("data.test", "generation.")
+
+
+def resume_conflicts(saved: FusionConfig, cfg: FusionConfig) -> list[str]:
+    """The fields of ``cfg`` that keep a run written with ``saved`` from resuming under it."""
+    return [k for k in saved.differences(cfg) if not k.startswith(RESUMABLE_CHANGES)]
+
+
 def finetune(cfg: FusionConfig | dict | str | Path, *, output_dir: str | Path | None = None,
              callbacks: Iterable[TrainerCallback] = (), resume_from: str | Path | None = None,
              init_from: str | Path | None = None, host: Host | None = None, **overrides: Any) -> FinetuneResult:
@@ -556,17 +581,28 @@ def finetune(cfg: FusionConfig | dict | str | Path, *, output_dir: str | Path | 
     if overrides:
         cfg = cfg.override(**overrides)
     host = host or Host()
+    splits = None
+    if cfg.task.kind == "token_classification" and not cfg.task.labels:  # the tags the data uses
+        splits = load_splits(cfg.data, cfg.task, host)
+        tags = sort_tags({t for part in splits.values() for e in part for t in e.tags})
+        if len(tags) < 2:
+            raise DataFormatError(f"every word of the data is tagged {tags[0]}: there is nothing to learn to tag",
+                                  path=str(cfg.data.train))
+        cfg = cfg.override(**{"task.labels": tags})
     if resume_from is not None:
         resume_from = Path(resume_from)
         saved, _ = read_checkpoint(resume_from, host)
-        if saved.to_dict() != cfg.to_dict():
-            raise ConfigError(f"{resume_from} was written with a different config; resume with the same one")
+        changed = resume_conflicts(saved, cfg)
+        if changed:
+            raise ConfigError(f"{resume_from} was written with a different config ({', '.join(changed)} changed); "
+                              f"resume with the same one (only the test file and the generation settings may "
+                              f"change), or start a new run from its weights with init_from")
         if not (resume_from / "trainer_state.json").is_file():
             raise ConfigError(f"{resume_from} holds a model but no trainer state; resume from checkpoints/step-N")
     out = Path(output_dir) if output_dir is not None else \
         Path("runs") / f"{cfg.task.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = _Run(cfg, out, callbacks, resume_from, host,
-               init_from=host.model_folder(init_from) if init_from is not None else None)
+               init_from=host.model_folder(init_from) if init_from is not None else None, splits=splits)
     try:
         return run.run()
     except BaseException as e:

@@ -1,7 +1,7 @@
-"""Evaluation metrics for fine-tuning: a classification report, exact match, BLEU and CIDEr-D.
+"""Evaluation metrics for fine-tuning: a classification report, an entity report, exact match, BLEU and CIDEr-D.
 
 Pure Python. Each metric follows one published reference so its numbers can be compared with
-papers: sklearn for classification (``zero_division=0``), the SQuAD script for answer
+papers: sklearn for classification (``zero_division=0``), seqeval for entities, the SQuAD script for answer
 normalisation, Papineni et al. 2002 for BLEU and coco-caption's ``cider_scorer.py`` for CIDEr-D.
 Wherever a ratio would divide by zero the metric gives 0.0.
 
@@ -15,6 +15,8 @@ import re
 import string
 from collections import Counter
 from typing import Sequence, Union
+
+from mmassist.core.runtime.tags import entity_spans
 
 References = Sequence[Union[str, Sequence[str]]]
 
@@ -196,3 +198,36 @@ def text_report(references: References, predictions: Sequence[str]) -> dict:
         "cider_d": cider_d(refs, predictions),
         "n": len(predictions),
     }
+
+
+def entity_report(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[str]]) -> dict:
+    """Entity-level precision, recall and F1, micro-averaged and per entity type, and the share of words
+    tagged right, for sentences of tags (IO or BIO; :func:`mmassist.core.runtime.tags.entity_spans`).
+
+    An entity counts as found only when a predicted one has both its span and its type (seqeval's
+    default-mode ``classification_report``: ``f1`` here is its micro average).
+    """
+    _check_lengths(y_true, y_pred, "true tag sequences", "predictions")
+    true_spans: set[tuple[int, str, int, int]] = set()
+    pred_spans: set[tuple[int, str, int, int]] = set()
+    right_words = words = 0
+    for i, (t, p) in enumerate(zip(y_true, y_pred)):
+        _check_lengths(t, p, f"true tags in sentence {i}", "predicted tags")
+        true_spans.update((i, *s) for s in entity_spans(t))
+        pred_spans.update((i, *s) for s in entity_spans(p))
+        right_words += sum(a == b for a, b in zip(t, p))
+        words += len(t)
+    hits = true_spans & pred_spans
+
+    def scores(true: set, pred: set, hit: set) -> dict[str, float]:
+        return {"precision": _ratio(len(hit), len(pred)), "recall": _ratio(len(hit), len(true)),
+                "f1": _ratio(2 * len(hit), len(true) + len(pred)), "support": len(true)}
+
+    types = sorted({s[1] for s in true_spans | pred_spans})
+    per_class = {k: scores(*({s for s in group if s[1] == k} for group in (true_spans, pred_spans, hits)))
+                 for k in types}
+    micro = scores(true_spans, pred_spans, hits)
+    return {"precision": micro["precision"], "recall": micro["recall"], "f1": micro["f1"],
+            "macro_f1": sum(r["f1"] for r in per_class.values()) / len(per_class) if per_class else 0.0,
+            "accuracy": _ratio(right_words, words), "entities": micro["support"], "n": len(y_true),
+            "per_class": per_class}

@@ -35,7 +35,7 @@ from mmassist.core.recipes.smol.replay import build_replay
 from mmassist.core.recipes.starter.paths import SHIPPED_ROOT
 from mmassist.core.runtime.assistant import Assistant
 from mmassist.core.runtime.config import FusionConfig
-from mmassist.core.training.finetune import finetune
+from mmassist.core.training.finetune import finetune, resume_conflicts
 
 DECODER = "smollm2-135m-instruct"
 RECIPE = Path(__file__).resolve().parent / "recipe.yaml"
@@ -99,13 +99,13 @@ def _without_chat(root: Path, split: str) -> list[dict]:
 def build_mixes(root: Path) -> dict[str, Path]:
     """The data files of the align stage and the evaluations, written into the bundled data folder ``root``
     beside the mix, whose media they share (``smol_<name>.jsonl``): ``align_train`` (the picture and clip
-    records of the mix), ``validation`` (a fixed sample of :data:`VALIDATION_SIZE` of the mix's, without its
-    canned chat) and ``test`` (the mix's, without chat)."""
+    records of the mix) and ``validation`` (a fixed sample of :data:`VALIDATION_SIZE` of the mix's, without its
+    canned chat). The stages have no test file: the tuned model is scored per task on the mix's test split
+    (``mmassist eval``), a test report of the align stage's model would be thrown away."""
     train = _without_chat(root, "train")
     validation = _without_chat(root, "validation")
     validation = random.Random(MIX_SEED).sample(validation, min(VALIDATION_SIZE, len(validation)))
-    files = {"align_train": [r for r in train if "image" in r or "video" in r], "validation": validation,
-             "test": _without_chat(root, "test")}
+    files = {"align_train": [r for r in train if "image" in r or "video" in r], "validation": validation}
     return {name: replace_jsonl(root / f"smol_{name}.jsonl", records) for name, records in files.items()}
 
 
@@ -130,7 +130,7 @@ def recipe(backbones: tuple[Path, Path] | None = None, data: dict[str, Path] | N
         changes["encoders.image.config.checkpoint_path"] = str(backbones[0].resolve())
         changes["encoders.video.config.backbone.checkpoint_path"] = str(backbones[1].resolve())
     if data is not None:
-        changes.update({"data.validation": str(data["validation"]), "data.test": str(data["test"])})
+        changes.update({"data.validation": str(data["validation"]), "data.test": None})
     return cfg.override(**changes) if changes else cfg
 
 
@@ -153,8 +153,7 @@ def run_stage(cfg: FusionConfig, out: Path, *, callbacks=(), init_from: Path | N
     cfg = cfg.override(**overrides)
     resume = latest_checkpoint(out)
     if resume is None and progress is not None and (progress / "trainer_state.json").is_file():
-        saved = json.loads((progress / "config.json").read_text(encoding="utf-8"))
-        if saved == json.loads(cfg.to_json()):
+        if not resume_conflicts(FusionConfig.from_file(progress / "config.json"), cfg):
             resume = out / "checkpoints" / progress.name
             shutil.copytree(progress, resume, dirs_exist_ok=True)
         else:
