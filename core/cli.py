@@ -98,7 +98,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             print(starter.report(scores, by_question=args.by_question))
         return 0
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size)
+    def batches(done: int, total: int) -> None:
+        print(f"\revaluating: {done}/{total} batches", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, progress=batches)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=2))
     if "per_class" in metrics:
         print(format_per_class(metrics["per_class"]))

@@ -100,6 +100,7 @@ def test_eval_chat_and_caption_use_the_saved_model(tiny_run):
     out = mmassist("eval", str(folder / "run"), str(folder / "captions.jsonl"))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["exact_match"] == 1.0
+    assert "evaluating: 2/2 batches" in out.stderr  # the loss pass, then the generated answers
     out = mmassist("caption", str(folder / "img0.png"), str(folder / "img1.png"), "--model", str(folder / "run"))
     assert out.stdout.splitlines() == [f"{folder / 'img0.png'}\ta red square", f"{folder / 'img1.png'}\ta blue square"]
     out = mmassist("chat", "Describe.", "--image", str(folder / "img1.png"), "--model", str(folder / "run"))

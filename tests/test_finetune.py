@@ -278,6 +278,42 @@ def test_a_resumed_run_may_change_its_test_file_and_generation_but_nothing_it_tr
     assert res.metrics["steps"] > 2 and "test" not in res.metrics
 
 
+def test_finetune_from_python_shows_its_progress_unless_told_not_to(classify_file, host, tmp_path, capsys):
+    from mmassist.ui.finetune_job import FinetuneJob, ProgressRecorder
+
+    cfg = core.FusionConfig.coerce(classify_cfg(classify_file, epochs=2, eval_every=3))
+    job = FinetuneJob(cfg, tmp_path / "shown")
+    phases = []
+
+    class Spy(TrainerCallback):
+        def on_phase(self, state, control, done, total):
+            phases.append((job.phase, done, total))
+
+    core.finetune(cfg, output_dir=tmp_path / "shown", host=host, callbacks=[ProgressRecorder(job), Spy()])
+    err = capsys.readouterr().err  # not a terminal: whole lines, the last step's and each evaluation's last batch
+    assert "6/6 loss" in err and "step 3 epoch" in err and "validation: loss" in err, err
+    assert "step 3: validating 1/1 batches" in err and "testing" in err and "saving the model" in err, err
+    assert ("validating", 1, 1) in phases and ("testing", 4, 4) in phases and phases[-1] == ("saving", 0, 1)
+    assert job.best_step in (3, 6) and job.metric == "accuracy"
+    core.finetune(cfg, output_dir=tmp_path / "quiet", host=host, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_app_says_what_the_run_is_doing_and_which_weights_it_kept():
+    from mmassist.ui.finetune_job import Snapshot
+    from mmassist.ui.finetune_tab import render_status
+
+    base = dict(run_name="r", step=20, max_steps=40, epoch=1.0, loss=0.5, elapsed=30.0, points=[], series=[],
+                metrics=None, output_dir="/runs/r", error=None, stop_requested=False, metric="accuracy")
+    assert "about 30 s left" in render_status(Snapshot(phase="training", **base))
+    validating = render_status(Snapshot(phase="validating", phase_done=3, phase_total=12, **base))
+    assert "validating (3 / 12 batches)" in validating and "left" not in validating
+    stopping = render_status(Snapshot(phase="saving", **{**base, "stop_requested": True}))
+    assert "stopping: saving the model" in stopping and "left" not in stopping
+    done = render_status(Snapshot(phase="stopped", best_step=10, **{**base, "step": 31}))
+    assert "weights of step 10, the best validation accuracy (training went on to step 31)" in done
+
+
 def test_the_run_ends_on_its_best_weights_even_if_best_was_left_set_aside(classify_file, host, tmp_path):
     """A kill while ``best`` was being replaced leaves only ``.best.old`` (a resumed run finds it so; here
     a callback leaves it so at the last step); the end of the run puts it back and publishes the best

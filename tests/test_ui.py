@@ -255,6 +255,13 @@ def test_a_bad_config_or_dataset_is_a_readable_error(client, squares, tmp_path):
     (empty / "readme.md").write_text("no data here")
     message = app_error(lambda: start(client, zipped(empty, tmp_path / "b.zip")))
     assert "training data" in message, message
+    # A dataset that only the run itself finds broken: the job fails, naming the line, and leaves no folder.
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"image": "x.png", "conversations": []}\n{not json\n', encoding="utf-8")
+    start(client, broken)
+    status, _ = wait_for_job(client)
+    assert status["phase"] == "failed" and "broken.jsonl:1" in status["error"], status
+    assert not Path(status["output_dir"]).exists()
 
 
 def test_the_form_is_built_from_the_config_dataclasses():

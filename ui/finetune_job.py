@@ -9,6 +9,7 @@ polls :meth:`FinetuneJob.snapshot`.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 import traceback
@@ -25,7 +26,8 @@ from mmassist.core.contract.host import Host
 log = logging.getLogger(__name__)
 
 # What a job is doing; the last three are final.
-PHASES = ("preparing", "training", "finishing", "done", "stopped", "failed")
+# validating / testing / saving: the loop's TrainerState.phase, between or after training steps.
+PHASES = ("preparing", "training", "validating", "testing", "saving", "done", "stopped", "failed")
 FINAL = ("done", "stopped", "failed")
 
 
@@ -62,6 +64,10 @@ class Snapshot:
     output_dir: str
     error: str | None
     stop_requested: bool
+    phase_done: int = 0  # batches of the evaluation under way (validating, testing)
+    phase_total: int = 0
+    best_step: int | None = None  # the step whose weights the run keeps (its best validation)
+    metric: str = "loss"
 
     @property
     def running(self) -> bool:
@@ -82,6 +88,10 @@ class FinetuneJob:
     points: list[dict[str, Any]] = field(default_factory=list)  # {"step", "value", "series"} for the plot
     metrics: dict[str, Any] | None = None
     error: str | None = None
+    phase_done: int = 0
+    phase_total: int = 0
+    best_step: int | None = None
+    metric: str = "loss"
     started: float = field(default_factory=time.time)
     ended: float | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
@@ -107,6 +117,8 @@ class FinetuneJob:
                 epoch=self.epoch, loss=self.loss, elapsed=(self.ended or time.time()) - self.started,
                 points=list(self.points), series=planned_series(self.cfg), metrics=self.metrics,
                 output_dir=str(self.output_dir), error=self.error, stop_requested=self.stop_event.is_set(),
+                phase_done=self.phase_done, phase_total=self.phase_total, best_step=self.best_step,
+                metric=self.metric,
             )
 
 
@@ -121,26 +133,30 @@ class ProgressRecorder(TrainerCallback):
             control.should_stop = True
 
     def on_train_begin(self, state: TrainerState, control: TrainerControl) -> None:
-        self.job.update(phase="training", max_steps=state.max_steps, step=state.step)
+        self.job.update(phase="training", max_steps=state.max_steps, step=state.step, metric=state.metric_name,
+                        best_step=state.best_step)
         self._maybe_stop(control)
 
     def on_step_end(self, state: TrainerState, control: TrainerControl) -> None:
-        self.job.update(step=state.step, epoch=state.epoch, loss=state.loss, max_steps=state.max_steps)
+        self.job.update(step=state.step, epoch=state.epoch, loss=state.loss, max_steps=state.max_steps,
+                        phase="training")
         if state.loss is not None:
             self.job.add_point(state.step, state.loss, "train loss")
         self._maybe_stop(control)
-        if control.should_stop or state.step >= state.max_steps:
-            self.job.update(phase="finishing")  # the final evaluation and save come next
+
+    def on_phase(self, state: TrainerState, control: TrainerControl, done: int, total: int) -> None:
+        self.job.update(phase=state.phase, phase_done=done, phase_total=total)
 
     def on_evaluate(self, state: TrainerState, control: TrainerControl, metrics: dict[str, Any]) -> None:
         for name in dict.fromkeys(("loss", state.metric_name)):
             value = metrics.get(name)
             if isinstance(value, (int, float)):
                 self.job.add_point(state.step, value, f"validation {name}")
+        self.job.update(best_step=state.best_step)
         self._maybe_stop(control)
 
     def on_train_end(self, state: TrainerState, control: TrainerControl) -> None:
-        self.job.update(step=state.step)
+        self.job.update(step=state.step, best_step=state.best_step)
 
 
 class JobRunner:
@@ -188,11 +204,22 @@ class JobRunner:
         from mmassist.core.training.finetune import finetune
 
         try:
-            res = finetune(job.cfg, output_dir=job.output_dir, callbacks=[ProgressRecorder(job)], host=self.host)
+            res = finetune(job.cfg, output_dir=job.output_dir, callbacks=[ProgressRecorder(job)], host=self.host,
+                           progress=False)
             job.update(metrics=res.metrics, phase="stopped" if job.stop_event.is_set() else "done",
                        ended=time.time())
         except MMAssistError as e:
+            discard_unfinished(job.output_dir)
             job.update(phase="failed", error=str(e), ended=time.time())
         except Exception as e:  # a bug: keep the traceback in the server log, show one line in the page
             log.error("fine-tune %s failed:\n%s", job.output_dir, traceback.format_exc())
+            discard_unfinished(job.output_dir)
             job.update(phase="failed", error=f"{type(e).__name__}: {e}", ended=time.time())
+
+
+def discard_unfinished(folder: Path) -> None:
+    """Remove the folder of a run that failed before it wrote a checkpoint or a model (its copy of the
+    uploaded dataset and a few log lines): no empty run folders for the model picker to list."""
+    if not (folder / "checkpoints").is_dir() and not (folder / "best").is_dir() \
+            and not (folder / "manifest.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)

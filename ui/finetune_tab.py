@@ -266,13 +266,16 @@ def render_status(snap: Snapshot | None) -> str:
     if snap is None:
         return "<p id='job-phase' data-phase='idle'>No fine-tune yet. Choose a task and a dataset, then Start.</p>"
     done = snap.step / snap.max_steps if snap.max_steps else 0.0
-    eta = (snap.elapsed / done - snap.elapsed) if 0 < done < 1 and snap.running else None
+    training = snap.phase == "training"
+    # The time left is an estimate of the training steps only: it is not shown while evaluating or saving.
+    eta = (snap.elapsed / done - snap.elapsed) if 0 < done < 1 and training and not snap.stop_requested else None
     loss = f"{snap.loss:.4f}" if snap.loss is not None else "–"
+    batches = f" ({snap.phase_done} / {snap.phase_total} batches)" if snap.phase_total else ""
     phase = {"preparing": "preparing data and model", "training": "training",
-             "finishing": "evaluating and saving", "done": "done", "stopped": "stopped",
-             "failed": "failed"}[snap.phase]
+             "validating": f"validating{batches}", "testing": f"testing{batches}", "saving": "saving the model",
+             "done": "done", "stopped": "stopped", "failed": "failed"}[snap.phase]
     if snap.stop_requested and snap.running:
-        phase = "stopping after this step"
+        phase = "stopping: " + ("finishing this step" if training else phase)
     parts = [f"step {snap.step} / {snap.max_steps or '?'}", f"loss {loss}", f"{snap.elapsed:.0f} s"]
     if eta is not None:
         parts.append(f"about {eta:.0f} s left")
@@ -282,8 +285,13 @@ def render_status(snap: Snapshot | None) -> str:
     if snap.error:
         out += f"<p style='color:#c00'>{html.escape(snap.error)}</p>"
     elif not snap.running:
-        out += (f"<p>Model saved in <code>{html.escape(snap.output_dir)}</code>; pick it in the Model box "
-                "or press “Use this model in Chat”.</p>")
+        kept = ""
+        if snap.best_step is not None:
+            kept = (f" It holds the weights of step {snap.best_step}, the best validation {snap.metric}"
+                    + (f" (training went on to step {snap.step})." if snap.best_step != snap.step else "."))
+        out += (f"<p id='job-kept' data-best-step='{snap.best_step if snap.best_step is not None else ''}'>Model "
+                f"saved in <code>{html.escape(snap.output_dir)}</code>.{kept} Pick it in the Model box or press "
+                "“Use this model in Chat”.</p>")
     return out + "</div>"
 
 

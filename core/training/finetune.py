@@ -27,14 +27,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from mmassist.core.runtime.assistant import Assistant, autocast, resolve_dtype
-from mmassist.core.training.callbacks import TrainerCallback, TrainerControl, TrainerState
+from mmassist.core.training.callbacks import ProgressPrinter, TrainerCallback, TrainerControl, TrainerState
 from mmassist.core.runtime.checkpoint import (load_initial_weights, load_weights, read_checkpoint, recover_checkpoint,
                              save_checkpoint, trained_state)
 from mmassist.core.runtime.config import FusionConfig, in_part
@@ -44,7 +44,7 @@ from mmassist.core.runtime.feature_cache import FeatureCache
 from mmassist.core.contract.host import Host
 from mmassist.core.contract.media import Media, text_media
 from mmassist.core.training.metrics import classification_report, entity_report, text_report
-from mmassist.core.runtime.model import MultimodalModel, build_tokenizer_for, unwrap_peft
+from mmassist.core.runtime.model import HEAD_TASKS, MultimodalModel, build_tokenizer_for, unwrap_peft
 from mmassist.core.runtime.processor import Encoded, Processor
 from mmassist.core.runtime.tags import sort_tags, word_tags
 from mmassist.core.training.train_state import load_train_state, optimizer_state, save_train_state
@@ -408,7 +408,10 @@ class _Run:
         sharded = hasattr(self.model, "unshard")  # FSDP: generation calls parts outside forward()
         if sharded:
             self.model.unshard()
-        metrics = evaluate_examples(self._evaluator, self.splits[split], self.cfg.training.batch_size, limit)
+        self.state.phase = "validating" if split == "validation" else "testing"
+        metrics = evaluate_examples(self._evaluator, self.splits[split], self.cfg.training.batch_size, limit,
+                                    progress=lambda done, total: self.emit("on_phase", done, total))
+        self.state.phase = "training"
         if sharded:
             self.model.reshard()
         self.log({"split": split, **metrics})
@@ -450,6 +453,8 @@ class _Run:
             metrics["validation"] = self.best_metrics or self.evaluate("validation")
         if self.splits["test"]:
             metrics["test"] = self.evaluate("test", generate_limit=len(self.splits["test"]))
+        self.state.phase = "saving"
+        self.emit("on_phase", 0, 1)
         state = trained_state(self.model)
         if self.dist.main:
             publish_model(self.model, self.tokenizer, self.cfg, self.out, self.host, state)
@@ -461,13 +466,26 @@ class _Run:
 
 @torch.no_grad()
 def evaluate_examples(asst: Assistant, examples: Sequence[Example], batch_size: int = 16,
-                      generate_limit: int | None = None) -> dict[str, Any]:
-    """Loss, and accuracy with per-class precision / recall / F1 (classification) or exact match,
-    BLEU and CIDEr-D of greedy answers (other tasks; on the first ``generate_limit`` examples)."""
+                      generate_limit: int | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Loss, and accuracy with per-class precision / recall / F1 (classification), entity-level scores
+    (token classification) or exact match, BLEU and CIDEr-D of greedy answers (other tasks; on the first
+    ``generate_limit`` examples). ``progress(done, total)`` is called after each batch."""
     cfg, model, processor = asst.cfg, asst.model.eval(), asst.processor
     total, weight = 0.0, 0
     preds: list[Any] = []
     encoded = [encode_example(e, processor, cfg, for_training=True) for e in examples]
+    generated = 0 if cfg.task.kind in HEAD_TASKS else \
+        len(examples) if generate_limit is None else min(generate_limit, len(examples))
+    batches = -(-len(encoded) // batch_size) + -(-generated // batch_size)
+    done = 0
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, batches)
+
     for s in range(0, len(encoded), batch_size):
         batch = processor.collate(encoded[s: s + batch_size], cache=model.feature_cache).to(asst.device)
         with autocast(asst.device, asst.dtype):
@@ -482,6 +500,7 @@ def evaluate_examples(asst: Assistant, examples: Sequence[Example], batch_size: 
         else:
             n = int((batch.labels[:, 1:] != -100).sum())
         total, weight = total + float(out.loss) * n, weight + n
+        advance()
     metrics: dict[str, Any] = {"loss": total / max(weight, 1)}
     if cfg.task.kind == "token_classification":
         metrics.update(entity_report([list(e.tags) for e in examples], preds))
@@ -493,18 +512,21 @@ def evaluate_examples(asst: Assistant, examples: Sequence[Example], batch_size: 
     if chosen:
         gen = dataclasses.replace(cfg.generation, temperature=0.0)
         prompts = [encode_example(e, processor, cfg, for_training=False) for e in chosen]
-        answers = [a for s in range(0, len(prompts), batch_size)
-                   for a in asst.generate_batch(prompts[s: s + batch_size], gen)]
+        answers = []
+        for s in range(0, len(prompts), batch_size):
+            answers += asst.generate_batch(prompts[s: s + batch_size], gen)
+            advance()
         metrics.update(text_report([reference_answer(e) for e in chosen], answers))
     return metrics
 
 
 def evaluate_checkpoint(path: str | Path, data: str | Path, *, host: Host | None = None,
-                        batch_size: int = 16) -> dict[str, Any]:
-    """The test report of a saved model on a data file (in any format its task reads)."""
+                        batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The test report of a saved model on a data file (in any format its task reads);
+    ``progress(done, total)`` after each batch."""
     asst = Assistant.from_pretrained(path, host=host)
     examples = load_examples(data, asst.cfg.task, asst.cfg.data, asst.host)
-    return evaluate_examples(asst, examples, batch_size)
+    return evaluate_examples(asst, examples, batch_size, progress=progress)
 
 
 def load_best(model: nn.Module, folder: Path, sharded: bool) -> None:
@@ -563,7 +585,8 @@ def resume_conflicts(saved: FusionConfig, cfg: FusionConfig) -> list[str]:
 
 def finetune(cfg: FusionConfig | dict | str | Path, *, output_dir: str | Path | None = None,
              callbacks: Iterable[TrainerCallback] = (), resume_from: str | Path | None = None,
-             init_from: str | Path | None = None, host: Host | None = None, **overrides: Any) -> FinetuneResult:
+             init_from: str | Path | None = None, host: Host | None = None, progress: bool = True,
+             **overrides: Any) -> FinetuneResult:
     """Fine-tune the model a config describes on its data, evaluate it and save it.
 
     :param cfg: a FusionConfig, a dict or the path of a YAML/JSON config.
@@ -574,9 +597,15 @@ def finetune(cfg: FusionConfig | dict | str | Path, *, output_dir: str | Path | 
         weights replace the fresh ones where they fit (see :func:`mmassist.core.runtime.checkpoint.load_initial_weights`);
         optimizer, schedule and step start anew. Ignored with ``resume_from``, whose weights already
         came from it.
+    :param progress: show a progress bar (steps, then each evaluation's batches) and a line of metrics per
+        evaluation on standard error (:class:`~mmassist.core.training.callbacks.ProgressPrinter`), unless
+        ``callbacks`` already has one.
     :param overrides: config fields to replace, by dotted name: ``**{"training.lr": 1e-3}``.
     :return: :class:`FinetuneResult` with the run folder (a loadable model), metrics and history.
     """
+    callbacks = list(callbacks)
+    if progress and not any(isinstance(cb, ProgressPrinter) for cb in callbacks):
+        callbacks.append(ProgressPrinter())
     cfg = FusionConfig.coerce(cfg)
     if overrides:
         cfg = cfg.override(**overrides)

@@ -55,7 +55,9 @@ TUNE = {"training.lora.enabled": True, "training.lora.r": 16, "training.lora.alp
         "training.lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "encoders.image.freeze": False, "encoders.image.lr": 2.0e-5,
         "encoders.video.freeze": False, "encoders.video.lr": 2.0e-5,
-        "training.max_steps": 2400, "training.lr": 2.0e-4, "training.eval_every": 400}
+        "training.max_steps": 1600, "training.lr": 2.0e-4, "training.eval_every": 400,
+        # Batches of similar lengths: a replayed answer of 150 tokens no longer pads 15 shape questions of 40.
+        "training.group_by_length": True}
 
 
 def general_prompts() -> list[str]:
