@@ -113,3 +113,32 @@ def test_a_stage_continues_from_a_shipped_checkpoint(host, tmp_path):
     smol.run_stage(cfg, tmp_path / "restarted", progress=shipped, **{"training.lr": 1e-3})  # another config
     assert train_steps(tmp_path / "restarted") == [1, 2, 3, 4]
     assert json.loads((tmp_path / "restarted" / "metrics.jsonl").read_text().splitlines()[0])["event"] == "init_from"
+
+
+def test_answers_that_repeat_themselves_are_found():
+    from mmassist.core.recipes.smol.evaluate import loops
+
+    assert not loops("Paris is the capital of France. It is known for the Eiffel Tower.")
+    assert loops("I like it a lot. I like it a lot. I like it a lot. I like it a lot.")
+    assert loops("The sky is blue because of scattering. Also, the sky is blue because of scattering.")
+    assert loops("and then and then and then and then and then")
+    assert not loops("no no no")  # short repeats are words, not loops
+
+
+def test_mixed_conversations_are_scored_against_the_same_questions_asked_alone(small_data, host):
+    from mmassist.core.recipes.smol.evaluate import TURNS, multi_turn, pick_turns
+
+    convs = pick_turns(small_data, 3)
+    assert [t.task for t in convs[0]] == list(TURNS)
+    asked = [t.source for c in convs for t in c if t.reference is not None]
+    assert len(asked) == len(set(asked)) == 3 * sum(t != "small_talk" for t in TURNS)  # each record once
+    assert all(p.is_file() for c in convs for t in c for paths in t.media.values() for p in paths)
+    tiny = core.Assistant.from_pretrained(smol.SHIPPED_ROOT / "model", host=host)
+    seen = []
+    report = multi_turn(tiny, small_data, conversations=2, progress=lambda done, total: seen.append((done, total)))
+    assert report.conversations == 2 and report.turns == 2 * len(TURNS) and report.too_long == 0
+    assert report.scored == 2 * sum(t != "small_talk" for t in TURNS)
+    assert 0 <= report.in_conversation <= 1 and 0 <= report.alone <= 1
+    assert sum(r["n"] for r in report.per_task.values()) == report.scored
+    assert report.examples[0][1]["task"] == "sentiment" and report.examples[0][1]["answer"] is not None
+    assert seen[-1][0] == seen[-1][1]

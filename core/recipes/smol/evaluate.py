@@ -1,0 +1,184 @@
+"""What issue 23 asks of the starter beyond its per-task scores: questions asked a few turns into a mixed
+conversation must be answered as well as when asked alone, and greedy answers must not loop.
+
+- :func:`multi_turn`: conversations of ten turns, each a held-out question of the bundled mix (a picture, a
+  review, a digit, a clip) or a small-talk prompt, asked one after the other with the model's own earlier
+  answers in the history; each scored question is also asked alone, and the two accuracies compared.
+- :func:`loop_share`: the share of answers to general prompts that repeat themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mmassist.core.errors import PromptTooLongError
+from mmassist.core.recipes.bundled import chat
+from mmassist.core.recipes.bundled.common import plain_question, read_jsonl
+from mmassist.core.recipes.starter import task_of
+from mmassist.core.runtime.assistant import Assistant
+from mmassist.core.runtime.config import GenerationConfig
+
+# One conversation's turns, in this order: scored questions of these tasks, small talk in between.
+TURNS = ("shapes_qa", "sentiment", "small_talk", "digits", "shapes_caption", "motion", "small_talk",
+         "sentiment", "shapes_qa", "digits")
+MEDIA_FIELDS = ("image", "video")
+
+
+@dataclass
+class Turn:
+    task: str
+    question: str  # as the user types it, without the media placeholder
+    media: dict[str, list[Path]] = field(default_factory=dict)
+    reference: str | None = None  # None: small talk, not scored
+    source: str = ""  # the mix record's id
+
+
+@dataclass
+class MultiTurnReport:
+    conversations: int
+    turns: int
+    scored: int
+    alone: float  # accuracy of the scored questions asked alone
+    in_conversation: float  # the same questions, asked in their conversations
+    per_task: dict[str, dict[str, float]]
+    too_long: int  # conversations cut short at decoder.max_length
+    examples: list[list[dict[str, Any]]]  # the first conversations, turn by turn
+
+    @property
+    def loss(self) -> float:
+        """Accuracy points lost in conversation (negative: gained)."""
+        return self.alone - self.in_conversation
+
+
+def pick_turns(root: Path, conversations: int, seed: int = 0, split: str = "test") -> list[list[Turn]]:
+    """``conversations`` lists of turns in :data:`TURNS` order, each question a different held-out record
+    (single-turn records of the mix's ``split``), small talk from the bundled chat's held-out prompts."""
+    by_task: dict[str, list[Turn]] = {}
+    for rec in read_jsonl(root / f"mix_{split}.jsonl"):
+        turns = rec["conversations"]
+        if rec["id"].startswith("chat-") or len(turns) != 2:
+            continue
+        question = plain_question(turns[0]["value"])
+        media = {m: [root / rec[m]] for m in MEDIA_FIELDS if m in rec}
+        task = task_of(rec["id"], question)
+        by_task.setdefault(task, []).append(Turn(task, question, media, turns[1]["value"], rec["id"]))
+    prompts = chat.split_prompts()[split]
+    small_talk = [v for kind in ("greeting", "out_of_scope") for p in prompts[kind] for v in chat.variants(p, kind)]
+    rng = random.Random(seed)
+    pools = {task: rng.sample(items, len(items)) for task, items in by_task.items()}
+    rng.shuffle(small_talk)
+    out = []
+    for c in range(conversations):
+        conv = []
+        for k, task in enumerate(TURNS):
+            if task == "small_talk":
+                conv.append(Turn("small_talk", small_talk[(c * len(TURNS) + k) % len(small_talk)]))
+            elif pools.get(task):
+                conv.append(pools[task].pop())
+        out.append(conv)
+    return out
+
+
+def _message(turn: Turn) -> tuple[str, dict[str, list[Path]]]:
+    tags = "".join(f"<{m}>\n" * len(paths) for m, paths in turn.media.items())
+    return tags + turn.question, turn.media
+
+
+def _right(answer: str, reference: str) -> bool:
+    return answer.strip() == reference.strip()
+
+
+def multi_turn(model: str | Path | Assistant, root: Path, *, conversations: int = 30, seed: int = 0,
+               generation: GenerationConfig | None = None, batch_size: int = 16,
+               progress: Callable[[int, int], None] | None = None) -> MultiTurnReport:
+    """Ask :func:`pick_turns`' conversations turn by turn (all conversations' turn k in one batch, greedy)
+    and each scored question alone; compare. ``root``: the bundled data folder."""
+    asst = model if isinstance(model, Assistant) else Assistant.from_pretrained(model)
+    gen = dataclasses.replace(generation or asst.cfg.generation, temperature=0.0)
+    convs = pick_turns(root, conversations, seed)
+    histories: list[list[dict[str, str]]] = [[] for _ in convs]
+    media: list[dict[str, list[Path]]] = [{} for _ in convs]
+    alive = [True] * len(convs)
+    answers: list[list[str | None]] = [[None] * len(c) for c in convs]
+    steps = max(len(c) for c in convs) + 1
+    for k in range(steps - 1):
+        todo = []
+        for i, conv in enumerate(convs):
+            if k >= len(conv) or not alive[i]:
+                continue
+            text, files = _message(conv[k])
+            messages = [*histories[i], {"role": "user", "content": text}]
+            merged = {m: [*media[i].get(m, []), *files.get(m, [])] for m in MEDIA_FIELDS}
+            try:
+                encoded = asst.processor.encode(asst.processor.conversation(messages, merged),
+                                                add_generation_prompt=True)
+            except PromptTooLongError:
+                alive[i] = False
+                continue
+            todo.append((i, encoded, messages, merged))
+        for s in range(0, len(todo), batch_size):
+            chunk = todo[s: s + batch_size]
+            for (i, _, messages, merged), answer in zip(chunk, asst.generate_batch([t[1] for t in chunk], gen)):
+                answers[i][k] = answer
+                histories[i] = [*messages, {"role": "assistant", "content": answer}]
+                media[i] = merged
+        if progress is not None:
+            progress(k + 1, steps)
+    scored = [(i, k, t) for i, conv in enumerate(convs) for k, t in enumerate(conv)
+              if t.reference is not None and answers[i][k] is not None]
+    alone_prompts = []
+    for _, _, t in scored:
+        text, files = _message(t)
+        alone_prompts.append(asst.processor.encode(asst.processor.conversation(text, files),
+                                                   add_generation_prompt=True))
+    alone = [a for s in range(0, len(alone_prompts), batch_size)
+             for a in asst.generate_batch(alone_prompts[s: s + batch_size], gen)]
+    if progress is not None:
+        progress(steps, steps)
+    per_task: dict[str, dict[str, float]] = {}
+    for (i, k, t), a in zip(scored, alone):
+        row = per_task.setdefault(t.task, {"n": 0, "alone": 0, "in_conversation": 0})
+        row["n"] += 1
+        row["alone"] += _right(a, t.reference)
+        row["in_conversation"] += _right(answers[i][k], t.reference)
+    n = len(scored)
+    examples = [[{"task": t.task, "question": t.question, "answer": answers[i][k], "reference": t.reference}
+                 for k, t in enumerate(convs[i])] for i in range(min(3, len(convs)))]
+    return MultiTurnReport(
+        conversations=len(convs), turns=sum(len(c) for c in convs), scored=n,
+        alone=sum(r["alone"] for r in per_task.values()) / max(n, 1),
+        in_conversation=sum(r["in_conversation"] for r in per_task.values()) / max(n, 1),
+        per_task={task: {"n": r["n"], "alone": r["alone"] / r["n"], "in_conversation": r["in_conversation"] / r["n"]}
+                  for task, r in per_task.items()},
+        too_long=alive.count(False), examples=examples)
+
+
+_REPEAT = re.compile(r"(\b.{12,}?)\1{2,}", re.S)  # a stretch of 12+ characters three times in a row
+
+
+def loops(answer: str, n: int = 6) -> bool:
+    """Whether an answer repeats itself: a stretch of 12 or more characters three times in a row, or the
+    same ``n`` words in a row twice."""
+    if _REPEAT.search(answer):
+        return True
+    words = re.findall(r"\w+", answer.lower())
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def loop_share(model: str | Path | Assistant, prompts: list[str], *, generation: GenerationConfig | None = None,
+               batch_size: int = 16) -> tuple[float, list[dict[str, Any]]]:
+    """The share of greedy answers to ``prompts`` that :func:`loops`, and every answer."""
+    asst = model if isinstance(model, Assistant) else Assistant.from_pretrained(model)
+    gen = dataclasses.replace(generation or asst.cfg.generation, temperature=0.0)
+    rows = []
+    for s in range(0, len(prompts), batch_size):
+        chunk = prompts[s: s + batch_size]
+        encoded = [asst.processor.encode(asst.processor.conversation(p), add_generation_prompt=True) for p in chunk]
+        rows += [{"prompt": p, "answer": a, "loops": loops(a)} for p, a in zip(chunk, asst.generate_batch(encoded, gen))]
+    return sum(r["loops"] for r in rows) / max(len(rows), 1), rows
