@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mmassist.core.version import __version__
+
 EXIT_USER_ERROR = 2
 
 
@@ -232,6 +234,7 @@ def format_table(rows: list[dict[str, str]], cols: Sequence[str]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmassist", description="mmassist: a multimodal, plugin-based assistant SDK")
+    parser.add_argument("--version", action="version", version=f"mmassist {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("plugins", help="list the loaded encoders and any plugin that failed to load")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -37,6 +37,13 @@ def test_plugins_lists_the_builtin_encoders():
     assert data["failed_plugins"] == []
 
 
+def test_the_version_is_one_flag_away():
+    from mmassist.core import __version__
+
+    out = mmassist("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"mmassist {__version__}"
+
+
 @pytest.mark.parametrize("args,needle", [
     (("finetune", "no-such-config.yaml"), "cannot read config file"),
     (("eval", "no-such-model", "data.jsonl"), "is not a mmassist checkpoint"),

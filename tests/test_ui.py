@@ -165,6 +165,14 @@ def test_bad_inputs_give_readable_errors_and_the_app_keeps_serving(client, url, 
     corrupt.write_bytes(clip.read_bytes()[:1500])  # an MP4 header, then nothing
     message = app_error(lambda: client.predict([handle_file(str(corrupt))], "", api_name="/caption"))
     assert "broken.mp4" in message and "video" in message and "/gradio/" not in message, message
+    table, downloads = client.predict([handle_file(str(squares / "red.png")), handle_file(str(corrupt))], "",
+                                      api_name="/caption")  # one good file, one bad: the bad one says why
+    assert table["headers"] == ["file", "caption"] and table["data"][0] == ["red.png", "a red square"]
+    bad = table["data"][1][1]
+    assert bad.startswith("⚠ not captioned:") and "broken.mp4" in bad and "/gradio/" not in bad, bad
+    exported = [json.loads(line) for line in next(Path(p) for p in downloads if p.endswith(".jsonl")).read_text(
+        encoding="utf-8").splitlines()]
+    assert exported[1]["file"] == "broken.mp4" and exported[1]["caption"] == "" and "broken.mp4" in exported[1]["error"]
     assert "video" in app_error(lambda: ask(client, "Describe.", corrupt)).lower()
 
     fake = tmp_path / "notes.png"

@@ -203,8 +203,9 @@ def caption_tab(gr, shared: Shared) -> None:
         with user_errors():
             rows = captioning.caption_files(shared.store.get(model), list(files or []))
             csv_path, jsonl_path = captioning.write_exports(rows)
-        headers = ["file", "caption"] + (["error"] if any(r.error for r in rows) else [])
-        table = {"headers": headers, "data": [[getattr(r, h) for h in headers] for r in rows]}
+        # A file that failed says why in its caption cell, where the eye is (the downloads keep an error column).
+        table = {"headers": ["file", "caption"],
+                 "data": [[r.file, r.caption if not r.error else f"⚠ not captioned: {r.error}"] for r in rows]}
         return table, [str(csv_path), str(jsonl_path)]
 
     cap_button.click(caption, [cap_files, shared.model_box], [cap_table, cap_downloads], api_name="caption",

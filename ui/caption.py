@@ -45,7 +45,8 @@ def caption_files(model: LoadedModel, paths: Sequence[str], names: Sequence[str]
                 try:
                     rows.append(CaptionRow(name, _run(model, [path])[0]))
                 except MMAssistError as e:
-                    rows.append(CaptionRow(name, "", str(e)))
+                    # The file's own name, not the server's copy of it (/tmp/gradio/<hash>/name)
+                    rows.append(CaptionRow(name, "", str(e).replace(str(path), name)))
                     first_error = first_error or e
     if first_error is not None and all(r.error for r in rows):
         raise first_error
