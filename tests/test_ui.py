@@ -315,6 +315,10 @@ def test_the_plugins_tab_lists_encoders_with_types_and_origin(client):
     assert ".png" in rows["image/timm"]["file extensions"] and ".mp4" in rows["video/decord"]["file extensions"]
     assert rows["image/timm"]["distribution"] == "mmassist"
     assert failed["headers"][-1] == "error"
+    from mmassist.ui.app import plugin_tables
+
+    _, none_failed = plugin_tables(core.Host(load_entrypoints=False))
+    assert none_failed["data"] == [["none", "", "", "", "every installed plugin loaded"]]
 
 
 def test_an_installed_audio_plugin_makes_audio_attachable_and_broken_plugins_are_listed(monkeypatch):

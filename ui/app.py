@@ -259,4 +259,6 @@ def plugin_tables(host: Host) -> tuple[dict, dict]:
     failed_headers = ["plugin", "distribution", "version", "stage", "error"]
     failed = [[f.name, f.distribution, f.version, f.stage, f.error] for f in host.failed_plugins]
     failed += [["", "", "", "warning", w] for w in host.warnings]
+    if not failed:
+        failed = [["none", "", "", "", "every installed plugin loaded"]]
     return {"headers": enc_headers, "data": rows}, {"headers": failed_headers, "data": failed}
