@@ -123,6 +123,16 @@ def test_the_history_keeps_answered_turns_with_their_files_and_drops_failed_ones
                                       ("user", "and this?", []), ("assistant", "a blue square", [])]
 
 
+def test_a_system_prompt_from_the_parameters_goes_before_the_conversation():
+    from mmassist.ui.chat import conversation
+
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."}]
+    messages = conversation(history, "Tell me a joke.", [], None, None, system_prompt=" Be brief. ")
+    assert messages[0] == {"role": "system", "content": "Be brief."}
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert conversation(history, "Tell me a joke.", [], None, None)[0]["role"] == "user"  # empty: the model's own
+
+
 def test_sixteen_concurrent_chats_all_get_their_own_right_answer(url, squares):
     colours = [list(COLOURS)[i % len(COLOURS)] for i in range(16)]
 

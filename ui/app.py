@@ -124,13 +124,16 @@ def chat_tab(gr, shared: Shared) -> None:
     """Generation settings, the conversation and the message box (text and attachments)."""
     gen_help, gen_defaults = field_help(GenerationConfig), GenerationConfig()
     media_kinds = list(dict.fromkeys(s.modality for s in shared.host.encoders if s.modality != "text"))
-    with gr.Row():
-        temperature = gr.Slider(0.0, 2.0, value=gen_defaults.temperature, step=0.05, label="Temperature",
-                                info=gen_help["temperature"])
-        top_p = gr.Slider(0.05, 1.0, value=gen_defaults.top_p, step=0.05, label="Top-p",
-                          info=gen_help["top_p"])
-        max_new_tokens = gr.Slider(1, 1024, value=gen_defaults.max_new_tokens, step=1,
-                                   label="Max new tokens", info=gen_help["max_new_tokens"])
+    with gr.Accordion("Parameters", open=False, elem_id="chat-parameters"):
+        with gr.Row():
+            temperature = gr.Slider(0.0, 2.0, value=gen_defaults.temperature, step=0.05, label="Temperature",
+                                    info=gen_help["temperature"])
+            top_p = gr.Slider(0.05, 1.0, value=gen_defaults.top_p, step=0.05, label="Top-p",
+                              info=gen_help["top_p"])
+            max_new_tokens = gr.Slider(1, 1024, value=gen_defaults.max_new_tokens, step=1,
+                                       label="Max new tokens", info=gen_help["max_new_tokens"])
+        system_prompt = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt",
+                                   info="put before the conversation; empty: the model's own")
     kinds = "/".join(media_kinds) or "media"
     chatbot = gr.Chatbot(label="Chat", height=420, elem_id="chatbot", buttons=["copy"],
                          placeholder=f"Ask something, or attach {kinds} files and press Enter.")
@@ -141,19 +144,19 @@ def chat_tab(gr, shared: Shared) -> None:
     generation = [temperature, top_p, max_new_tokens]
 
     def answer(message: dict, history: list, model: str, temperature: float, top_p: float,
-               max_new_tokens: float) -> Iterator[str]:
-        return chatting.answer(shared.store.get(model), shared.host, message, history,
+               max_new_tokens: float, system: str = "") -> Iterator[str]:
+        return chatting.answer(shared.store.get(model), shared.host, message, history, system_prompt=system or "",
                                temperature=float(temperature), top_p=float(top_p),
                                max_new_tokens=int(max_new_tokens))
 
     def respond(message: dict, history: list, model: str, temperature: float, top_p: float,
-                max_new_tokens: float) -> Iterator[Any]:
+                max_new_tokens: float, system: str) -> Iterator[Any]:
         """The Chat tab: stream the answer. A mistake becomes an error note in the conversation
         and a toast, not a raised error: ChatInterface leaves its textbox disabled after one."""
         shown = ""
         try:
             with user_errors():
-                for shown in answer(message, history, model, temperature, top_p, max_new_tokens):
+                for shown in answer(message, history, model, temperature, top_p, max_new_tokens, system):
                     yield shown
         except gr.Error as e:
             gr.Warning(e.message, title=e.title)  # the toast, as for the other tabs
@@ -161,7 +164,7 @@ def chat_tab(gr, shared: Shared) -> None:
             yield [shown, note] if shown else note
 
     gr.ChatInterface(respond, multimodal=True, chatbot=chatbot, textbox=textbox,
-                     additional_inputs=[shared.model_box, *generation], api_visibility="private",
+                     additional_inputs=[shared.model_box, *generation, system_prompt], api_visibility="private",
                      concurrency_limit=shared.concurrency, fill_height=False, autofocus=False)
     examples = starter_examples(shared)
     if examples:

@@ -103,9 +103,10 @@ def user_message(text: str, files: Sequence[str], model: LoadedModel, host: Host
 
 
 def conversation(history: Sequence[Mapping[str, Any]] | None, text: str, files: Sequence[str],
-                 model: LoadedModel, host: Host) -> list[dict[str, Any]]:
-    """The whole conversation for the assistant: earlier answered turns, then the new message."""
-    messages = []
+                 model: LoadedModel, host: Host, system_prompt: str = "") -> list[dict[str, Any]]:
+    """The whole conversation for the assistant: a system message when ``system_prompt`` is given (it
+    replaces the model's own, ``task.system_prompt``), earlier answered turns, then the new message."""
+    messages = [{"role": "system", "content": system_prompt.strip()}] if system_prompt.strip() else []
     for role, turn_text, turn_files in history_turns(history):
         if role == "user":
             messages.append(user_message(turn_text, turn_files, model, host))
@@ -116,8 +117,9 @@ def conversation(history: Sequence[Mapping[str, Any]] | None, text: str, files: 
 
 
 def answer(model: LoadedModel, host: Host, message: Mapping[str, Any] | str,
-           history: Sequence[Mapping[str, Any]] | None, **generation: Any) -> Iterator[str]:
-    """Yield the growing answer to ``message`` (Gradio's ``{"text", "files"}`` dict or a string)."""
+           history: Sequence[Mapping[str, Any]] | None, system_prompt: str = "", **generation: Any) -> Iterator[str]:
+    """Yield the growing answer to ``message`` (Gradio's ``{"text", "files"}`` dict or a string), after a
+    system message ``system_prompt`` when one is given."""
     if isinstance(message, str):
         text, files = message, []
     else:
@@ -132,7 +134,7 @@ def answer(model: LoadedModel, host: Host, message: Mapping[str, Any] | str,
             raise UnsupportedInputError("this model finds entities in text; type the text, attach no file")
         yield entities_markdown(find_entities(model, text))
         return
-    messages = conversation(history, text, files, model, host)
+    messages = conversation(history, text, files, model, host, system_prompt)
     with model.lock:
         pieces = asst.chat(messages, stream=True, **generation)
     shown = ""
