@@ -18,6 +18,8 @@ KEYS = (
     "serve_throughput_8_vs_1",
     "ner_f1_minus_plain_transformers",
     "ner_cpu_time_vs_plain_transformers",
+    "sentiment_cpu_time_vs_plain_transformers",
+    "sentiment_accuracy_minus_plain_transformers",
 )
 TARGETS = (  # (key, comparison, bound)
     ("video_sampling_speedup_vs_pyav_decode_all", ">=", 3.0),
@@ -29,4 +31,5 @@ TARGETS = (  # (key, comparison, bound)
     ("train_flops_fraction_of_matmul_peak", ">=", 0.35),
     ("serve_throughput_8_vs_1", ">=", 2.5),
     ("ner_f1_minus_plain_transformers", ">=", 0.0),
+    ("sentiment_cpu_time_vs_plain_transformers", "<=", 1.1),
 )
