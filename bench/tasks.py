@@ -162,12 +162,7 @@ def plain_token_classification(train, dev, epochs: int, batch_size: int, seed: i
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         for s in range(0, len(order), batch_size):
             enc, labels = batch_of([train[i] for i in order[s: s + batch_size]], True)
-            loss = model(**enc, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            _update(model, model(**enc, labels=labels).loss, optimizer, scheduler)
         model.eval()
         predicted = []
         with torch.no_grad():
@@ -216,12 +211,7 @@ def plain_sequence_classification(train, dev, labels, batch_size: int, epochs: i
         for s in range(0, len(order), batch_size):
             chunk = [train[i] for i in order[s: s + batch_size]]
             target = torch.tensor([labels.index(e.label) for e in chunk])
-            loss = model(**encode(chunk), labels=target).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            _update(model, model(**encode(chunk), labels=target).loss, optimizer, scheduler)
     model.eval()
     right = 0
     with torch.no_grad():
@@ -230,3 +220,12 @@ def plain_sequence_classification(train, dev, labels, batch_size: int, epochs: i
             predicted = model(**encode(chunk)).logits.argmax(-1).tolist()
             right += sum(labels[p] == e.label for p, e in zip(predicted, chunk))
     return right / len(dev), time.process_time() - start
+
+
+def _update(model, loss, optimizer, scheduler) -> None:
+    """One optimizer step of a plain loop: backward, clipping at 1.0 (as ours), step, schedule."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
