@@ -110,9 +110,14 @@ def test_a_caption_batch_with_one_bad_file_reports_it_in_its_row(client, media):
     table, downloads = client.predict([handle_file(str(media[n])) for n in ("red.png", "notes.png", "clip.mp4")], "",
                                       api_name="/caption")
     rows = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
-    assert rows["red.png"]["caption"] and rows["clip.mp4"]["caption"] and not rows["red.png"]["error"]
-    assert "as an image" in rows["notes.png"]["error"] and rows["notes.png"]["caption"] == ""
+    assert rows["red.png"]["caption"] and rows["clip.mp4"]["caption"]
+    assert not rows["red.png"]["caption"].startswith("⚠") and not rows["clip.mp4"]["caption"].startswith("⚠")
+    bad = rows["notes.png"]["caption"]  # the failed file says why in its own cell
+    assert bad.startswith("⚠ not captioned:") and "as an image" in bad, bad
     assert len(downloads) == 2
+    exported = {r["file"]: r for r in map(json.loads, next(Path(p) for p in downloads if p.endswith(".jsonl"))
+                                          .read_text(encoding="utf-8").splitlines())}
+    assert exported["notes.png"]["caption"] == "" and "as an image" in exported["notes.png"]["error"]
 
 
 def test_a_100k_character_prompt_is_refused_with_a_clear_error(url):
