@@ -113,6 +113,10 @@ def test_a_stage_continues_from_a_shipped_checkpoint(host, tmp_path):
     smol.run_stage(cfg, tmp_path / "restarted", progress=shipped, **{"training.lr": 1e-3})  # another config
     assert train_steps(tmp_path / "restarted") == [1, 2, 3, 4]
     assert json.loads((tmp_path / "restarted" / "metrics.jsonl").read_text().splitlines()[0])["event"] == "init_from"
+    finished = tmp_path / "first"  # a stage finished in an earlier sitting, shipped as its model folder
+    assert smol.run_stage(cfg, tmp_path / "taken", progress=finished) == tmp_path / "taken"
+    assert (tmp_path / "taken" / "model.safetensors").read_bytes() == (finished / "model.safetensors").read_bytes()
+    assert train_steps(tmp_path / "taken") == train_steps(finished)  # its own log, no step run again
 
 
 def test_answers_that_repeat_themselves_are_found():

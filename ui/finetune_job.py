@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmassist.core.training.callbacks import TrainerCallback, TrainerControl, TrainerState
-from mmassist.core.training.finetune import AUTO_METRIC
+from mmassist.core.training.finetune import validation_metric
 from mmassist.core.runtime.config import FusionConfig
 from mmassist.core.errors import MMAssistError
 from mmassist.core.contract.host import Host
@@ -40,10 +40,7 @@ def planned_series(cfg: FusionConfig) -> list[str]:
     when the run has validation data (the names :class:`ProgressRecorder` gives its points)."""
     series = ["train loss"]
     if cfg.data.validation or cfg.data.validation_fraction > 0:
-        metric = cfg.training.metric
-        if metric == "auto":
-            metric = AUTO_METRIC.get(cfg.task.kind, "loss")
-        series += [f"validation {name}" for name in dict.fromkeys(("loss", metric))]
+        series += [f"validation {name}" for name in dict.fromkeys(("loss", validation_metric(cfg)))]
     return series
 
 

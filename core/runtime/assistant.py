@@ -244,9 +244,7 @@ class Assistant:
     @torch.no_grad()
     def classify(self, items: Any, *, return_scores: bool = False) -> Any:
         """The label of one input (a text, an image...) or of each input of a list."""
-        if self.cfg.task.kind != "classification":
-            raise ConfigError(f"this model was trained for {self.cfg.task.kind}, not classification; "
-                              + ("use tag()" if self.cfg.task.kind == "token_classification" else "use chat() or caption()"))
+        self._require_task("classification")
         single = not isinstance(items, (list, tuple))
         items = [items] if single else list(items)
         encoded = [self.processor.encode(self.classification_conversation(x), add_generation_prompt=True)
@@ -267,9 +265,7 @@ class Assistant:
         (``O``, ``B-PER``...). Given a text: its entities, ``{"entity": "PER", "text": "Ada Lovelace",
         "start": 0, "end": 12}`` with character offsets into the text (words split off at spaces and
         punctuation by :func:`mmassist.core.runtime.tags.split_words`)."""
-        if self.cfg.task.kind != "token_classification":
-            raise ConfigError(f"this model was trained for {self.cfg.task.kind}, not token classification; "
-                              + ("use classify()" if self.cfg.task.kind == "classification" else "use chat() or caption()"))
+        self._require_task("token_classification")
         if isinstance(words, str):
             found = split_words(words)
             tags = self._tag_words([w for w, _, _ in found])
@@ -278,6 +274,13 @@ class Assistant:
         if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) for w in words):
             raise UnsupportedInputError(f"tag() takes a text or a list of words (strings), not {type(words).__name__}")
         return self._tag_words(list(words))
+
+    def _require_task(self, kind: str) -> None:
+        """A ConfigError naming the method that suits this model, unless it was trained for ``kind``."""
+        own = self.cfg.task.kind
+        if own != kind:
+            use = {"classification": "classify()", "token_classification": "tag()"}.get(own, "chat() or caption()")
+            raise ConfigError(f"this model was trained for {own}, not {kind.replace('_', ' ')}; use {use}")
 
     def _tag_words(self, words: list[str]) -> list[str]:
         """A tag per word; a sentence longer than the text encoder takes is tagged in consecutive parts."""

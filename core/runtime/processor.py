@@ -195,12 +195,7 @@ class Processor:
     def tagging_conversation(self, prompt: str, words: Sequence[str]) -> Conversation:
         """What a token classifier reads: ``prompt`` (``task.prompt``) with the words as one text item at its
         ``<text>`` placeholder (the words themselves go to the text encoder: see :meth:`encode_words`)."""
-        if "text" not in self.modalities:
-            raise ConfigError("token classification reads words through a text encoder; this model has none "
-                              "(add encoders.text, e.g. text/hf)")
-        tag = placeholder_token("text")
-        body = prompt if tag in prompt else (f"{tag}\n{prompt}" if prompt else tag)
-        return self.conversation(body, {"text": [text_media(" ".join(words))]})
+        return self.classification_conversation(prompt, item=("text", text_media(" ".join(words))))
 
     def encode_words(self, prompt: str, words: Sequence[str], tags: Sequence[int] | None = None) -> Encoded:
         """One sentence of words (and, to train, their tag indices) for a token classifier."""

@@ -53,6 +53,11 @@ LOWER_IS_BETTER = {"loss"}
 AUTO_METRIC = {"classification": "accuracy", "token_classification": "f1"}  # training.metric: auto
 
 
+def validation_metric(cfg: FusionConfig) -> str:
+    """The metric that picks the best checkpoint and stops early: ``training.metric``, or the task's own."""
+    return cfg.training.metric if cfg.training.metric != "auto" else AUTO_METRIC.get(cfg.task.kind, "loss")
+
+
 @dataclass
 class FinetuneResult:
     """What a fine-tune produced: the model folder, the final metrics and the whole log."""
@@ -282,7 +287,7 @@ class _Run:
         self.save_every = t.save_every or self.eval_every
         warmup = int(t.warmup_ratio * self.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t.scheduler, warmup, self.max_steps))
-        self.metric = t.metric if t.metric != "auto" else AUTO_METRIC.get(cfg.task.kind, "loss")
+        self.metric = validation_metric(cfg)
         self.state = TrainerState(max_steps=self.max_steps, metric_name=self.metric, is_main_process=self.dist.main)
         self.control = TrainerControl()
         self.position = {"epoch": 0, "batch": 0}

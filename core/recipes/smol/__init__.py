@@ -39,8 +39,9 @@ from mmassist.core.training.finetune import finetune, resume_conflicts
 
 DECODER = "smollm2-135m-instruct"
 RECIPE = Path(__file__).resolve().parent / "recipe.yaml"
-# Checkpoints of stages that a sitting could not finish, shipped so that the next one continues them
-# (``progress/<stage>/checkpoints/step-N``: the fusion weights and the optimizer state, a few MB).
+# Stages finished in an earlier sitting, shipped as their model folders (``progress/<stage>``: the trained
+# fusion weights, a few MB), or checkpoints of stages a sitting could not finish
+# (``progress/<stage>/checkpoints/step-N``, optimizer state included), so that the next sitting goes on.
 PROGRESS = Path(__file__).resolve().parent / "progress"
 IMAGE_WEIGHTS = "image_backbone.safetensors"
 VIDEO_WEIGHTS = "video_backbone.safetensors"
@@ -146,20 +147,26 @@ def run_stage(cfg: FusionConfig, out: Path, *, callbacks=(), init_from: Path | N
               progress: Path | None = None, **overrides: Any) -> Path:
     """One stage into ``out``: skipped when finished, resumed from its last checkpoint when stopped.
 
-    :param progress: a stage's checkpoint shipped with the recipe (:data:`PROGRESS`), from a sitting that
-        ran out of time: a run without checkpoints of its own resumes from it when it was written with the
-        same config (the same run folder and data), else starts from its weights (``init_from``).
+    :param progress: a stage shipped with the recipe (:data:`PROGRESS`) by an earlier sitting: its finished
+        model folder (``final_metrics.json``) or a checkpoint of a sitting that ran out of time. A run without
+        checkpoints of its own takes the finished stage as it is, or resumes from the checkpoint, when it was
+        written with the same config (the same run folder and data); else it starts from its weights
+        (``init_from``).
     """
     if (out / "final_metrics.json").is_file():
         return out
     cfg = cfg.override(**overrides)
     resume = latest_checkpoint(out)
-    if resume is None and progress is not None and (progress / "trainer_state.json").is_file():
-        if not resume_conflicts(FusionConfig.from_file(progress / "config.json"), cfg):
+    if resume is None and progress is not None and (progress / "config.json").is_file():
+        finished = (progress / "final_metrics.json").is_file()
+        if resume_conflicts(FusionConfig.from_file(progress / "config.json"), cfg):
+            init_from = progress
+        elif finished:
+            shutil.copytree(progress, out, dirs_exist_ok=True)
+            return out
+        elif (progress / "trainer_state.json").is_file():
             resume = out / "checkpoints" / progress.name
             shutil.copytree(progress, resume, dirs_exist_ok=True)
-        else:
-            init_from = progress
     finetune(cfg, output_dir=out, callbacks=callbacks, resume_from=resume,
              init_from=init_from if resume is None else None)
     return out
@@ -185,7 +192,8 @@ def train(out: str | Path, *, data_root: str | Path | None = None, callbacks=(),
     steps = {"training.max_steps": 2, "training.eval_every": 2, "training.save_every": 2,
              "training.eval_generate": 4, "generation.max_new_tokens": 8} if small else {}
     log(f"smol: align ({time.time() - start:.0f} s)")
-    shipped = latest_checkpoint(PROGRESS / "align") if not small else None
+    shipped = None if small else PROGRESS / "align" if (PROGRESS / "align" / "final_metrics.json").is_file() \
+        else latest_checkpoint(PROGRESS / "align")
     align = run_stage(cfg, out / "align", callbacks=callbacks, progress=shipped,
                       **{**ALIGN, "data.train": str(data["align_train"]), **steps, **overrides})
     log(f"smol: replay ({time.time() - start:.0f} s)")
