@@ -197,13 +197,16 @@ def test_a_full_queue_is_refused_with_503(assistant):
     assert error.status == 503 and error.body()["error"]["code"] == "queue_full"
 
 
-def test_the_web_app_serves_the_api_on_its_own_model(trained, host):
+def test_the_web_app_serves_the_api_on_its_own_model(trained, host, capsys):
     from mmassist.ui.server import launch
 
     app = launch(str(trained[1]), port=None, block=False, api=True, api_key=KEY,
                  runs_dir=trained[0].parent / "runs")
     try:
         base = app.local_url.rstrip("/")
+        printed = capsys.readouterr().out
+        assert f"mmassist web app at {app.local_url}" in printed
+        assert "share=True" not in printed, printed  # Gradio's banner offers a tunnel mmassist does not have
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
         [model] = [m.id for m in client.models.list().data]
         out = client.chat.completions.create(model=model, messages=image_message(trained[0] / "yellow.png"))

@@ -109,6 +109,11 @@ def test_chat_with_an_uploaded_image_streams_the_answer(page, app_url):
     assert answers[-1] == "a red square"
     assert len(answers) >= 2 and all("a red square".startswith(a) for a in answers), \
         f"the answer did not stream in: {answers}"
+    # No Share button on the picture (it only works on Hugging Face Spaces: "Must be on Spaces to share").
+    labels = page.evaluate("() => [...document.querySelectorAll('#chatbot button')].filter(b => b.checkVisibility())"
+                           ".map(b => "
+                           "(b.getAttribute('aria-label') || '') + ' ' + (b.title || '') + ' ' + b.innerText)")
+    assert not [x for x in labels if "share" in x.lower()], labels
     shoot(page, "chat")
 
 
@@ -130,6 +135,82 @@ def test_a_corrupt_video_shows_a_readable_error_and_chat_goes_on(page, app_url, 
     page.evaluate("window.__answers = []")
     page.click("#chatbot button[aria-label=Retry]")  # regenerate: the same greedy answer, streamed again
     page.wait_for_function("() => (window.__answers || []).includes('a yellow square')")
+
+
+BOT_LENGTH = """() => { const b = document.querySelectorAll('#chatbot [data-testid=bot]');
+  return b.length ? b[b.length - 1].innerText.length : 0 }"""
+
+
+def test_stop_ends_the_answer_at_once(page, app_url, tmp_path_factory):
+    """Stop in Chat: the answer stops growing when the button is pressed, and the box takes the next
+    message. A model trained for one step rambles up to max_new_tokens, long enough to stop it."""
+    _, squares = app_url
+    rambler = tmp_path_factory.getbasetemp() / "ui-rambler"
+    if not (rambler / "manifest.json").is_file():
+        core.finetune(tiny_caption_config(squares, video=False, max_steps=1), output_dir=rambler,
+                      host=core.Host(load_entrypoints=False))
+    page.click("#chatbot button[aria-label=Clear]")
+    picker = page.locator("#model-picker input")
+    default = picker.input_value()
+    picker.fill(str(rambler))
+    picker.press("Enter")
+    page.click("#chat-parameters .label-wrap")  # open "Parameters"
+    max_new = page.locator("#chat-parameters input[type=number]").nth(2)
+    max_new.fill("1024")
+    max_new.press("Enter")
+    try:
+        page.fill("#chat-input textarea", "Tell me a long story.")
+        page.press("#chat-input textarea", "Enter")
+        page.wait_for_selector("#chat-input button.stop-button", state="visible")
+        page.wait_for_function(f"() => ({BOT_LENGTH})() > 20")
+        page.locator("#chat-input button.stop-button").click(force=True)  # it pulses: never "stable"
+        page.wait_for_timeout(300)  # the events already on their way
+        stopped = page.evaluate(BOT_LENGTH)
+        page.wait_for_timeout(2500)
+        assert page.evaluate(BOT_LENGTH) == stopped, "the answer kept growing after Stop"
+        assert stopped < 1000
+        page.wait_for_selector("#chat-input textarea:not([disabled])")
+    finally:
+        max_new.fill("64")
+        max_new.press("Enter")
+        page.click("#chat-parameters .label-wrap")
+        pick_model(page, "(default)")
+        page.wait_for_function("(v) => document.querySelector('#model-picker input').value === v", arg=default)
+        page.click("#chatbot button[aria-label=Clear]")
+
+
+CARDS = "#chatbot button.example"
+
+
+def clear_chat(page) -> None:
+    """Start a new conversation (the Clear button is there once something was said)."""
+    clear = page.locator("#chatbot button[aria-label=Clear]")
+    if clear.count():
+        clear.click()
+
+
+def pick_model(page, label_part: str) -> None:
+    page.locator("#model-picker input").click()
+    page.locator("#model-picker [role=option]").filter(has_text=label_part).click()
+
+
+def test_the_starters_examples_are_cards_that_send_themselves(page):
+    """The starter's examples show as cards in the empty chat when the starter is picked (videos with
+    their first frame), a click sends one and the starter answers; another model shows none."""
+    clear_chat(page)
+    assert page.locator(CARDS).count() == 0  # the default model here is not the starter
+    pick_model(page, "starter")
+    page.wait_for_selector(CARDS)
+    page.wait_for_function("() => [...document.querySelectorAll('#chatbot button.example video')]"
+                           ".every(v => v.readyState >= 2)")  # a frame to show, not a blank tile
+    assert page.locator(f"{CARDS} video").count() >= 1
+    page.evaluate(WATCH_ANSWER)
+    page.locator(CARDS).filter(has_text="Review:").first.click()
+    page.wait_for_function("() => ['positive', 'negative'].includes((window.__answers || []).at(-1))")
+    pick_model(page, "(default)")
+    clear_chat(page)
+    page.wait_for_timeout(500)
+    assert page.locator(CARDS).count() == 0, "the starter's examples stayed for another model"
 
 
 def test_caption_two_files_in_the_browser(page, app_url):
@@ -183,6 +264,44 @@ def test_fine_tune_shows_a_growing_loss_plot_and_stops(page, app_url, tmp_path):
     stopped_at = int(page.get_attribute("#job-phase", "data-step"))
     assert stopped_at < 2000  # 500 epochs of one batch: it ended because of Stop
     page.wait_for_selector("#use-model", state="visible")
+    ticks = plot_texts(page, "role-axis-label")
+    assert ticks and all(t.lstrip("-").isdigit() for t in ticks[:len(ticks) // 2]), \
+        f"the step axis has fractional ticks: {ticks}"
+
+
+PLOT_TEXTS = """(role) => [...document.querySelectorAll('#loss-plot svg g.' + role + ' text')].map(t => t.textContent)"""
+
+
+def plot_texts(page, role: str) -> list[str]:
+    """The texts of the loss plot's SVG group ``role`` (``role-axis-label``: the x ticks, then the y ticks)."""
+    return page.evaluate(PLOT_TEXTS, role)
+
+
+def start_tiny_run(page, **training) -> None:
+    """Put a tiny captioning config in the YAML editor and start it (the dataset stays uploaded)."""
+    import yaml
+
+    config = tiny_caption_config(None, video=False, **training)
+    config["data"]["validation_fraction"] = 0.25
+    page.click("#config-yaml .cm-content")
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(yaml.safe_dump(config))
+    page.click("#field-training_max_steps input")  # blur the editor: the form follows the YAML
+    page.wait_for_function("(n) => document.querySelector('#field-training_max_steps input').value === n",
+                           arg=str(training.get("max_steps", "")))
+    page.click("#start-finetune")
+
+
+def test_a_single_validation_point_is_drawn(page, app_url):
+    """A run of three steps validates once, at its end: that one point is drawn (a line of one point
+    is invisible), beside the three training-loss points."""
+    open_tab(page, "Fine-tune")
+    start_tiny_run(page, max_steps=3, eval_every=3)
+    page.wait_for_selector("#job-phase[data-phase=done]")
+    page.wait_for_timeout(1500)  # the last poll's plot
+    dots = page.evaluate("() => document.querySelectorAll('#loss-plot svg g.mark-symbol.role-mark path').length")
+    assert dots == 4, f"{dots} points drawn, not 3 training + 1 validation"
+    assert plot_texts(page, "role-axis-label")[:4] == ["0", "1", "2", "3"]
 
 
 def test_plugins_tab_lists_the_encoders(page):

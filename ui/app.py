@@ -21,7 +21,7 @@ from mmassist.ui import caption as captioning
 from mmassist.ui import chat as chatting
 from mmassist.ui import tagging
 from mmassist.ui.finetune_job import JobRunner
-from mmassist.ui.models import ModelStore
+from mmassist.ui.models import STARTER, ModelStore
 from mmassist.ui.shared import Shared, media_file_types, user_errors
 
 DEFAULT_UPLOAD_LIMIT_MB = 200
@@ -88,7 +88,7 @@ def build_app(model: str | None = None, *, host: Host | None = None,
 
 
 def starter_examples(shared: Shared) -> list[dict[str, Any]]:
-    """The starter's held-out examples as message-box values, when the starter is the default model.
+    """The starter's held-out examples as message-box values (none when the starter is not installed).
 
     The media are copied to a folder under the system's temporary folder, one of the places Gradio
     serves files from, since the package's own folder may not be.
@@ -100,7 +100,7 @@ def starter_examples(shared: Shared) -> list[dict[str, Any]]:
 
     from mmassist.core.recipes import starter
 
-    if shared.store.key(None) != "starter" or not starter.is_installed():
+    if not starter.is_installed():
         return []
     index = starter.examples_dir() / "examples.json"
     if not index.is_file():
@@ -163,13 +163,27 @@ def chat_tab(gr, shared: Shared) -> None:
             note = gr.ChatMessage(content=e.message, metadata={"title": chatting.ERROR_TITLE})
             yield [shown, note] if shown else note
 
+    # The starter's examples are cards in the empty conversation; a click sends one. They belong to the
+    # starter: picking another model hides them, picking the starter again shows them.
+    examples = starter_examples(shared)
     gr.ChatInterface(respond, multimodal=True, chatbot=chatbot, textbox=textbox,
+                     examples=[[e] for e in examples] or None,
+                     run_examples_on_click=True, cache_examples=False,
                      additional_inputs=[shared.model_box, *generation, system_prompt], api_visibility="private",
                      concurrency_limit=shared.concurrency, fill_height=False, autofocus=False)
-    examples = starter_examples(shared)
     if examples:
-        gr.Examples(examples=[[e] for e in examples], inputs=[textbox], label="Try the starter model",
-                    examples_per_page=12, elem_id="starter-examples")
+        for card in chatbot.examples:
+            card.pop("icon", None)  # as the cards an update sends (an "Aa" icon has no file to send)
+
+        def examples_for(model: str) -> Any:
+            return gr.Chatbot(examples=[dict(e, files=list(e["files"])) for e in examples]
+                              if shared.store.key(model) == STARTER else None)
+
+        if shared.store.key(None) != STARTER:
+            chatbot.examples = None  # the first page shows the default model, not the starter
+
+        shared.model_box.change(examples_for, [shared.model_box], [chatbot], api_visibility="undocumented",
+                                queue=False, show_progress="hidden")
 
     # /chat for scripts: the same answers, errors raised; follow-ups within a client session.
     api_message = gr.MultimodalTextbox(file_types=shared.media_types, file_count="multiple", visible=False)

@@ -14,7 +14,7 @@ import html
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from mmassist.core.runtime.config import FusionConfig
 from mmassist.core.runtime.config import TASKS
@@ -62,8 +62,7 @@ def finetune_tab(gr, shared: Shared, demo) -> None:
         start = gr.Button("Start fine-tuning", variant="primary", elem_id="start-finetune")
         stop = gr.Button("Stop", variant="stop", elem_id="stop-finetune")
     status = gr.HTML(render_status(None), elem_id="finetune-status")
-    plot = gr.LinePlot(None, x="step", y="value", color="series", title="Loss and metrics",
-                       x_title="step", y_title="value", height=300, elem_id="loss-plot")
+    plot = gr.Plot(None, label="Loss and metrics", show_label=False, elem_id="loss-plot")
     report = gr.JSON(label="Evaluation report", elem_id="eval-report")
     use_model = gr.Button("Use this model in Chat", visible=False, elem_id="use-model")
     timer = gr.Timer(1.0, active=False)
@@ -143,7 +142,7 @@ def finetune_tab(gr, shared: Shared, demo) -> None:
         final = not snap.running
         return [
             render_status(snap),
-            plot_frame(snap.points, snap.series),
+            loss_plot(snap.points, snap.series, snap.max_steps),
             report_of(snap) if final else gr.skip(),
             gr.Timer(active=not final),
             gr.Button(visible=final and snap.phase != "failed"),
@@ -240,25 +239,44 @@ def new_run_dir(runs_dir: Path, task: str) -> Path:
     return out
 
 
-def plot_frame(points: list[dict[str, Any]], series: list[str] = ()):
-    """The plot's data: None until there is a point, then typed columns with every planned series.
+def loss_plot(points: list[dict[str, Any]], series: Sequence[str] = (), max_steps: int = 0):
+    """The plot of a run: a Vega-Lite chart for ``gr.Plot``, or None until there is a point.
 
-    Gradio 6's plot fixes its axis types and colour domain from the first data it draws, so it
-    must not start from an empty frame, and each line the run will draw is present (as one
-    blank point) from the start.
+    Each point is drawn as a dot on its line, so a line of one point (the first validation) shows;
+    the step axis runs from 0 to the run's last step with whole-number ticks; every line the run will
+    draw is in the legend from the start, in a fixed colour. Rendered as SVG, so the page's text and
+    marks can be read (the browser tests do).
     """
-    import pandas as pd
+    import json
+
+    from gradio.components.plot import AltairPlotData
 
     if not points:
         return None
-    drawn = {p["series"] for p in points}
-    points = points + [{"step": points[0]["step"], "value": float("nan"), "series": s}
-                       for s in series if s not in drawn]
-    return pd.DataFrame({
-        "step": pd.Series([p["step"] for p in points], dtype="int64"),
-        "value": pd.Series([p["value"] for p in points], dtype="float64"),
-        "series": pd.Series([p["series"] for p in points], dtype="str"),
-    })
+    names = list(dict.fromkeys([*series, *(p["series"] for p in points)]))
+    last = max([max_steps, *(p["step"] for p in points)])
+    values = [{"step": int(p["step"]), "value": float(p["value"]), "series": p["series"]}
+              for p in points if p["value"] == p["value"]]  # NaN (a failed metric) is left out
+    spec = {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": "Loss and metrics",
+        "height": 280,
+        "usermeta": {"embedOptions": {"renderer": "svg", "actions": False}},
+        "data": {"values": values},
+        "layer": [{
+            "mark": {"type": "line", "point": {"filled": True, "size": 36, "strokeWidth": 0}, "tooltip": True},
+            "encoding": {
+                "x": {"field": "step", "type": "quantitative", "title": "step",
+                      "scale": {"domain": [0, max(last, 1)], "nice": False},
+                      "axis": {"tickMinStep": 1, "format": "d"}},
+                "y": {"field": "value", "type": "quantitative", "title": "value"},
+                # gradio replaces the range with its palette, colour i for the i-th name
+                "color": {"field": "series", "type": "nominal", "title": None,
+                          "scale": {"domain": names, "range": list(range(len(names)))}},
+            },
+        }],
+    }
+    return AltairPlotData(chart="line", plot=json.dumps(spec))
 
 
 def render_status(snap: Snapshot | None) -> str:

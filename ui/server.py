@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
+# Gradio puts a Share button under every message with a picture or a clip; it only works on Hugging
+# Face Spaces ("Must be on Spaces to share"), so the app hides it.
+PAGE_CSS = '#chatbot .message-buttons button[aria-label="Share"] { display: none; }'
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -38,6 +41,7 @@ def launch_options(*, host: str | None = None, port: int | None = None, auth: st
         "enable_monitoring": False,
         "show_error": True,
         "quiet": quiet,
+        "css": PAGE_CSS,
     }
 
 
@@ -64,8 +68,10 @@ def launch(model: str | Path | None = None, *, host: str | None = None, port: in
 
     limit = DEFAULT_UPLOAD_LIMIT_MB if upload_limit_mb is None else upload_limit_mb
     app = build_app(str(model) if model else None, upload_limit_mb=limit, runs_dir=runs_dir or DEFAULT_RUNS_DIR)
-    options = launch_options(host=host, port=port, auth=auth, upload_limit_mb=limit)
+    # quiet: Gradio's banner suggests share=True, which mmassist does not offer (no tunnels); say the address
+    options = launch_options(host=host, port=port, auth=auth, upload_limit_mb=limit, quiet=True)
     app.launch(prevent_thread_lock=True, **options)
+    print(f"mmassist web app at {app.local_url} (Ctrl+C to stop)", flush=True)
     if api:
         add_api(app, api_key=api_key, media_dir=media_dir, max_body_mb=limit)
     if block:
