@@ -71,10 +71,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         summary = {k: v for k, v in res.metrics.items() if k not in ("validation", "test")}
         for split in ("validation", "test"):
             if split in res.metrics:
-                summary[split] = {k: v for k, v in res.metrics[split].items() if k != "per_class"}
+                summary[split] = {k: v for k, v in res.metrics[split].items() if k not in ("per_class", "samples")}
         print(json.dumps(summary, indent=2))
         if "per_class" in res.metrics.get("test", {}):
             print(format_per_class(res.metrics["test"]["per_class"]))
+        split = "test" if "test" in res.metrics else "validation"
+        if res.metrics.get(split, {}).get("samples"):
+            print(f"{split} examples:\n" + format_samples(res.metrics[split]["samples"]))
         print(f"model saved in {res.output_dir}")
     return 0
 
@@ -104,9 +107,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"\revaluating: {done}/{total} batches", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, progress=batches)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_class", "samples")}, indent=2))
     if "per_class" in metrics:
         print(format_per_class(metrics["per_class"]))
+    if metrics.get("samples"):  # on standard error: standard output stays the report
+        print("examples:\n" + format_samples(metrics["samples"]), file=sys.stderr)
     return 0
 
 
@@ -216,6 +221,16 @@ def parse_assignment(text: str) -> tuple[str, object]:
     if not sep or not key:
         raise ConfigError(f"--set {text!r}: write it as section.key=value, e.g. training.lr=1e-3")
     return key.strip(), yaml_load(value)
+
+
+def format_samples(samples: list[dict[str, str]], width: int = 60) -> str:
+    """An evaluation's sample predictions, one block each: the input, the reference and the prediction."""
+    def cut(text: str) -> str:
+        text = " ".join(str(text).split())
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    return "\n".join(f"  input:     {cut(s['input'])}\n  reference: {cut(s['reference'])}\n"
+                     f"  predicted: {cut(s['prediction'])}" for s in samples)
 
 
 def format_per_class(per_class: dict[str, dict[str, float]]) -> str:

@@ -133,6 +133,41 @@ def test_a_system_prompt_from_the_parameters_goes_before_the_conversation():
     assert conversation(history, "Tell me a joke.", [], None, None)[0]["role"] == "user"  # empty: the model's own
 
 
+def test_the_chat_sliders_start_at_the_picked_models_own_decoding_defaults(tiny_model_dir, host, tmp_path):
+    """A model saved with its own decoding defaults (the starter's are chosen against loops) gets them in
+    the Chat tab's sliders, as the page's first state and when it is picked."""
+    import shutil
+
+    from mmassist.ui.app import build_app
+    from mmassist.ui.models import ModelStore
+
+    chatty = tmp_path / "chatty"
+    shutil.copytree(tiny_model_dir, chatty)
+    config = json.loads((chatty / "config.json").read_text())
+    config["generation"].update(temperature=0.7, top_p=0.9, max_new_tokens=300)
+    (chatty / "config.json").write_text(json.dumps(config))
+    store = ModelStore(host, tmp_path / "runs")
+    gen = store.generation(str(chatty))
+    assert (gen.temperature, gen.top_p, gen.max_new_tokens) == (0.7, 0.9, 300)
+    assert store.generation(str(tmp_path / "nowhere")) == core.GenerationConfig()  # loading it will say why
+
+    app = build_app(str(chatty), host=host, runs_dir=tmp_path / "runs")
+    sliders = {c["props"]["label"]: c["props"]["value"] for c in app.config["components"]
+               if c.get("type") == "slider"}
+    assert (sliders["Temperature"], sliders["Top-p"], sliders["Max new tokens"]) == (0.7, 0.9, 300)
+    with serve(app) as address:
+        picked = Client(address, verbose=False).predict(str(tiny_model_dir), fn_index=model_change_fn(app))
+    assert list(picked) == [0.0, 1.0, 20]  # the tiny captioner's own: greedy, 20 tokens
+
+
+def model_change_fn(app) -> int:
+    """The index of the event that sets the sliders when the model box changes."""
+    for i, fn in app.fns.items():
+        if getattr(fn.fn, "__name__", "") == "model_defaults":
+            return i
+    raise AssertionError("no model_defaults event")
+
+
 def test_sixteen_concurrent_chats_all_get_their_own_right_answer(url, squares):
     colours = [list(COLOURS)[i % len(COLOURS)] for i in range(16)]
 
@@ -230,14 +265,16 @@ def zipped(folder: Path, target: Path) -> Path:
     return target
 
 
-def start(client: Client, dataset: Path, **form):
+FORM = {"task_kind": "caption", "task_prompt": "Describe.", "task_labels": "", "training_epochs": 100,
+        "training_max_steps": 6, "training_batch_size": 4, "training_lr": 5e-3, "training_eval_every": 3,
+        "data_validation_fraction": 0.25, "decoder_freeze": False, "training_lora_enabled": False}
+
+
+def start(client: Client, dataset: Path, init_model: str = "", name: str = "", config: dict | None = None, **form):
     """Start a fine-tune with the tiny config in the YAML; the form's values win over it."""
-    config = tiny_caption_config(None, video=False, epochs=100)
-    values = {"task_kind": "caption", "task_prompt": "Describe.", "task_labels": "", "training_epochs": 100,
-              "training_max_steps": 6, "training_batch_size": 4, "training_lr": 5e-3, "training_eval_every": 3,
-              "data_validation_fraction": 0.25, "decoder_freeze": False, "training_lora_enabled": False, **form}
+    config = config or tiny_caption_config(None, video=False, epochs=100)
     return client.predict(dataset=handle_file(str(dataset)), data_path="", config_yaml=yaml.safe_dump(config),
-                          api_name="/start_finetune", **values)
+                          init_model=init_model, name=name, api_name="/start_finetune", **{**FORM, **form})
 
 
 def test_a_short_fine_tune_reports_progress_and_its_model_can_be_chosen_in_chat(client, squares, tmp_path):
@@ -253,6 +290,48 @@ def test_a_short_fine_tune_reports_progress_and_its_model_can_be_chosen_in_chat(
     assert str(Path(model).resolve()) in client.predict(api_name="/models")
     answer = ask(client, "Describe.", squares / "red.png", model=model)
     assert isinstance(answer, str)
+
+
+def test_a_named_run_logs_reports_with_examples_and_is_in_the_history(client, app, squares, tmp_path):
+    from mmassist.ui.runs import report_markdown, run_history
+
+    start(client, zipped(squares, tmp_path / "squares.zip"), name="my-squares", training_max_steps=3,
+          config=tiny_caption_config(None, video=False, eval_generate=4))  # answers to show beside the scores
+    status, _ = wait_for_job(client)
+    assert status["phase"] == "done" and Path(status["output_dir"]).name == "my-squares", status
+    log = "\n".join(status["log"])
+    assert "training 3 steps from scratch" in log and "step 3: validation loss" in log and "done:" in log, log
+    shown = status["metrics"]["validation"]["samples"]
+    assert shown and shown[0]["input"].startswith("[") and shown[0]["reference"].endswith("square"), shown
+    report = report_markdown(status["metrics"])
+    assert "| split |" in report and "validation examples" in report and shown[0]["reference"] in report
+    [row] = [r for r in run_history(app.mmassist.runs_dir) if r[0] == "my-squares"]
+    assert row[1:4] == ["caption", "model saved", 3], row
+    assert "exists already" in app_error(lambda: start(client, squares / "captions.jsonl", name="my-squares"))
+    assert "letters, digits" in app_error(lambda: start(client, squares / "captions.jsonl", name="../up"))
+
+
+def test_a_run_can_start_from_a_trained_models_weights(client, tiny_model_dir, squares, tmp_path):
+    """Start from the app's tiny captioner, its config as the YAML (what picking it in the form gives), one
+    step at a negligible rate: the new model still captions as the old one did."""
+    from mmassist.ui.runs import model_config_yaml
+
+    config = yaml.safe_load(model_config_yaml(tiny_model_dir))
+    assert "train" not in config["data"]  # the new run gives its own data
+    start(client, zipped(squares, tmp_path / "squares.zip"), init_model=str(tiny_model_dir), config=config,
+          training_max_steps=1, training_lr=1e-9, data_validation_fraction=0.0)
+    status, _ = wait_for_job(client)
+    assert status["phase"] == "done", status
+    assert f"from {tiny_model_dir.resolve()}" in "\n".join(status["log"])
+    assert ask(client, "Describe.", squares / "blue.png", model=status["output_dir"]) == "a blue square"
+
+
+def test_the_dataset_preview_counts_the_splits_and_warns_of_a_tiny_validation(client, squares):
+    config = yaml.safe_dump(tiny_caption_config(None, video=False))
+    preview = client.predict(dataset=None, data_path=str(squares), config_yaml=config,
+                             api_name="/preview_dataset", **{**FORM, "data_validation_fraction": 0.25})
+    assert "| train | 3 |" in preview and "| validation (carved from train) | 1 |" in preview, preview
+    assert "too few to pick the best step" in preview and "a red square" in preview
 
 
 def test_one_job_at_a_time_and_stop_ends_a_job_early(client, squares, tmp_path):
@@ -293,6 +372,7 @@ def test_the_form_is_built_from_the_config_dataclasses():
     with pytest.raises(core.ConfigError, match="training.batch_size"):
         field_for("training.batch_size").from_form(2.5)
     assert all(f.help for f in form_fields())
+    assert (lr.label, field_for("training.max_steps").label) == ("Learning rate", "Max steps")
 
 
 def test_uploaded_datasets_are_found_and_unsafe_zips_refused(squares, tmp_path):

@@ -246,6 +246,7 @@ def test_fine_tune_shows_a_growing_loss_plot_and_stops(page, app_url, tmp_path):
     page.click("#field-training_max_steps input")  # blur the editor
     page.wait_for_function("() => document.querySelector('#field-training_epochs input').value === '500'")
     page.fill("#field-training_max_steps input", "")
+    assert page.is_disabled("#stop-finetune")  # nothing to stop yet
     page.click("#start-finetune")
 
     plot = page.locator("#loss-plot")
@@ -264,6 +265,7 @@ def test_fine_tune_shows_a_growing_loss_plot_and_stops(page, app_url, tmp_path):
     stopped_at = int(page.get_attribute("#job-phase", "data-step"))
     assert stopped_at < 2000  # 500 epochs of one batch: it ended because of Stop
     page.wait_for_selector("#use-model", state="visible")
+    assert page.is_disabled("#stop-finetune")
     ticks = plot_texts(page, "role-axis-label")
     assert ticks and all(t.lstrip("-").isdigit() for t in ticks[:len(ticks) // 2]), \
         f"the step axis has fractional ticks: {ticks}"

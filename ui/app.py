@@ -26,6 +26,7 @@ from mmassist.ui.shared import Shared, media_file_types, user_errors
 
 DEFAULT_UPLOAD_LIMIT_MB = 200
 DEFAULT_RUNS_DIR = "runs"
+MAX_NEW_TOKENS = 1024  # the Chat slider's top
 
 
 def build_app(model: str | None = None, *, host: Host | None = None,
@@ -122,7 +123,7 @@ def starter_examples(shared: Shared) -> list[dict[str, Any]]:
 
 def chat_tab(gr, shared: Shared) -> None:
     """Generation settings, the conversation and the message box (text and attachments)."""
-    gen_help, gen_defaults = field_help(GenerationConfig), GenerationConfig()
+    gen_help, gen_defaults = field_help(GenerationConfig), shared.store.generation(None)
     media_kinds = list(dict.fromkeys(s.modality for s in shared.host.encoders if s.modality != "text"))
     with gr.Accordion("Parameters", open=False, elem_id="chat-parameters"):
         with gr.Row():
@@ -130,7 +131,7 @@ def chat_tab(gr, shared: Shared) -> None:
                                     info=gen_help["temperature"])
             top_p = gr.Slider(0.05, 1.0, value=gen_defaults.top_p, step=0.05, label="Top-p",
                               info=gen_help["top_p"])
-            max_new_tokens = gr.Slider(1, 1024, value=gen_defaults.max_new_tokens, step=1,
+            max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=min(gen_defaults.max_new_tokens, MAX_NEW_TOKENS), step=1,
                                        label="Max new tokens", info=gen_help["max_new_tokens"])
         system_prompt = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt",
                                    info="put before the conversation; empty: the model's own")
@@ -142,6 +143,14 @@ def chat_tab(gr, shared: Shared) -> None:
         placeholder=f"Type a message, attach {kinds} files (up to {shared.upload_limit_mb:g} MB each), "
                     "press Enter", submit_btn=True, stop_btn=True)
     generation = [temperature, top_p, max_new_tokens]
+
+    def model_defaults(model: str) -> list[Any]:
+        """The sliders at the picked model's own decoding defaults (its config's ``generation``)."""
+        gen = shared.store.generation(model)
+        return [gen.temperature, gen.top_p, min(gen.max_new_tokens, MAX_NEW_TOKENS)]
+
+    shared.model_box.change(model_defaults, [shared.model_box], generation, api_visibility="undocumented",
+                            queue=False, show_progress="hidden")
 
     def answer(message: dict, history: list, model: str, temperature: float, top_p: float,
                max_new_tokens: float, system: str = "") -> Iterator[str]:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # validating / testing / saving: the loop's TrainerState.phase, between or after training steps.
 PHASES = ("preparing", "training", "validating", "testing", "saving", "done", "stopped", "failed")
 FINAL = ("done", "stopped", "failed")
+MAX_LOG_LINES = 500
 
 
 class JobBusyError(MMAssistError):
@@ -65,6 +66,7 @@ class Snapshot:
     phase_total: int = 0
     best_step: int | None = None  # the step whose weights the run keeps (its best validation)
     metric: str = "loss"
+    log: list[str] = field(default_factory=list)  # what happened, a line per event (the page's log pane)
 
     @property
     def running(self) -> bool:
@@ -89,6 +91,8 @@ class FinetuneJob:
     phase_total: int = 0
     best_step: int | None = None
     metric: str = "loss"
+    init_from: str | None = None  # the model whose weights the run starts from
+    log: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     ended: float | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
@@ -103,6 +107,12 @@ class FinetuneJob:
             for k, v in changes.items():
                 setattr(self, k, v)
 
+    def note(self, line: str) -> None:
+        """Add a line to the job's log, stamped with the time since it started."""
+        with self._lock:
+            self.log.append(f"[{time.time() - self.started:6.0f} s] {line}")
+            del self.log[:-MAX_LOG_LINES]
+
     def add_point(self, step: int, value: float, series: str) -> None:
         with self._lock:
             self.points.append({"step": step, "value": float(value), "series": series})
@@ -115,7 +125,7 @@ class FinetuneJob:
                 points=list(self.points), series=planned_series(self.cfg), metrics=self.metrics,
                 output_dir=str(self.output_dir), error=self.error, stop_requested=self.stop_event.is_set(),
                 phase_done=self.phase_done, phase_total=self.phase_total, best_step=self.best_step,
-                metric=self.metric,
+                metric=self.metric, log=list(self.log),
             )
 
 
@@ -132,6 +142,9 @@ class ProgressRecorder(TrainerCallback):
     def on_train_begin(self, state: TrainerState, control: TrainerControl) -> None:
         self.job.update(phase="training", max_steps=state.max_steps, step=state.step, metric=state.metric_name,
                         best_step=state.best_step)
+        start = f"from step {state.step}" if state.step else "from scratch" if not self.job.init_from \
+            else f"from {self.job.init_from}"
+        self.job.note(f"training {state.max_steps} steps {start}; validation metric: {state.metric_name}")
         self._maybe_stop(control)
 
     def on_step_end(self, state: TrainerState, control: TrainerControl) -> None:
@@ -142,6 +155,8 @@ class ProgressRecorder(TrainerCallback):
         self._maybe_stop(control)
 
     def on_phase(self, state: TrainerState, control: TrainerControl, done: int, total: int) -> None:
+        if self.job.phase != state.phase:
+            self.job.note(f"step {state.step}: {state.phase}" + (f" ({total} batches)" if total > 1 else ""))
         self.job.update(phase=state.phase, phase_done=done, phase_total=total)
 
     def on_evaluate(self, state: TrainerState, control: TrainerControl, metrics: dict[str, Any]) -> None:
@@ -150,6 +165,9 @@ class ProgressRecorder(TrainerCallback):
             if isinstance(value, (int, float)):
                 self.job.add_point(state.step, value, f"validation {name}")
         self.job.update(best_step=state.best_step)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        best = " (best so far)" if state.best_step == state.step else ""
+        self.job.note(f"step {state.step}: validation {shown}{best}")
         self._maybe_stop(control)
 
     def on_train_end(self, state: TrainerState, control: TrainerControl) -> None:
@@ -172,11 +190,12 @@ class JobRunner:
         """The running job, or the last one."""
         return self._job
 
-    def start(self, cfg: FusionConfig, output_dir: str | Path) -> FinetuneJob:
-        """Start fine-tuning ``cfg`` into ``output_dir`` in the background; refuse while a job runs."""
+    def start(self, cfg: FusionConfig, output_dir: str | Path, init_from: str | Path | None = None) -> FinetuneJob:
+        """Start fine-tuning ``cfg`` into ``output_dir`` in the background, from the weights of the model
+        ``init_from`` when given (``"starter"`` or a model folder); refuse while a job runs."""
         with self._lock:
             self.check_free()
-            job = FinetuneJob(cfg, Path(output_dir))
+            job = FinetuneJob(cfg, Path(output_dir), init_from=str(init_from) if init_from else None)
             self._job = job
         threading.Thread(target=self._run, args=(job,), name=f"finetune-{job.output_dir.name}",
                          daemon=True).start()
@@ -201,16 +220,20 @@ class JobRunner:
         from mmassist.core.training.finetune import finetune
 
         try:
+            job.note(f"preparing the data and the model ({job.output_dir.name})")
             res = finetune(job.cfg, output_dir=job.output_dir, callbacks=[ProgressRecorder(job)], host=self.host,
-                           progress=False)
-            job.update(metrics=res.metrics, phase="stopped" if job.stop_event.is_set() else "done",
-                       ended=time.time())
+                           progress=False, init_from=job.init_from)
+            phase = "stopped" if job.stop_event.is_set() else "done"
+            job.note(f"{phase}: the model is in {job.output_dir}")
+            job.update(metrics=res.metrics, phase=phase, ended=time.time())
         except MMAssistError as e:
             discard_unfinished(job.output_dir)
+            job.note(f"failed: {e}")
             job.update(phase="failed", error=str(e), ended=time.time())
         except Exception as e:  # a bug: keep the traceback in the server log, show one line in the page
             log.error("fine-tune %s failed:\n%s", job.output_dir, traceback.format_exc())
             discard_unfinished(job.output_dir)
+            job.note(f"failed: {type(e).__name__}: {e}")
             job.update(phase="failed", error=f"{type(e).__name__}: {e}", ended=time.time())
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +20,7 @@ from mmassist.core.runtime.config import TASKS
 from mmassist.core.schema import yaml_load
 from mmassist.core.errors import ConfigError, MMAssistError
 from mmassist.ui.datasets import DATA_SUFFIXES, prepare_dataset
+from mmassist.ui import runs
 from mmassist.ui.finetune_job import Snapshot
 from mmassist.ui.forms import FormField, form_fields, get_path, set_path
 from mmassist.ui.shared import Shared, user_errors
@@ -38,8 +38,16 @@ def finetune_tab(gr, shared: Shared, demo) -> None:
     first_yaml = template_yaml("caption")
     first_values = form_values(first_yaml, fields)
     with gr.Row():
-        start_from = gr.Dropdown(starts, value=starts[0], label="Start from",
+        start_from = gr.Dropdown(starts, value=starts[0], label="Config",
                                  info="a small template per task, or a bundled example config")
+        init_from = gr.Dropdown(model_choices(shared), value="", label="Start from the weights of",
+                                info="a new model (the config as it is), or a trained one: its config "
+                                     "replaces the YAML below, its weights are the starting point",
+                                elem_id="init-from")
+        run_name = gr.Textbox(label="Run name", placeholder="default: <task>-<date>-<time>",
+                              info="the folder under the runs folder; letters, digits, . _ -",
+                              elem_id="run-name")
+    with gr.Row():
         dataset = gr.File(label="Dataset: a data file, or a .zip of a captions folder or of a data "
                                 "file with its media", file_types=[".zip", *DATA_SUFFIXES],
                           height=120, elem_id="dataset-file")
@@ -47,6 +55,9 @@ def finetune_tab(gr, shared: Shared, demo) -> None:
                                info="a file, a folder or bundled:<dataset>/<file>; used when nothing is "
                                     "uploaded; empty: data.train of the YAML",
                                placeholder="/data/my-captions or bundled:shapes/captions_train.jsonl")
+        with gr.Column(scale=0, min_width=160):
+            preview = gr.Button("Preview dataset", size="sm", elem_id="preview-dataset")
+    preview_out = gr.Markdown(elem_id="dataset-preview")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             inputs = {}
@@ -60,13 +71,47 @@ def finetune_tab(gr, shared: Shared, demo) -> None:
                                   elem_id="config-yaml")
     with gr.Row():
         start = gr.Button("Start fine-tuning", variant="primary", elem_id="start-finetune")
-        stop = gr.Button("Stop", variant="stop", elem_id="stop-finetune")
+        stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop-finetune")
     status = gr.HTML(render_status(None), elem_id="finetune-status")
     plot = gr.Plot(None, label="Loss and metrics", show_label=False, elem_id="loss-plot")
-    report = gr.JSON(label="Evaluation report", elem_id="eval-report")
+    with gr.Accordion("Log", open=False, elem_id="job-log-box"):
+        log_box = gr.Textbox(show_label=False, lines=8, max_lines=8, autoscroll=True, interactive=False,
+                             elem_id="job-log")
+    report = gr.Markdown(elem_id="eval-report")
     use_model = gr.Button("Use this model in Chat", visible=False, elem_id="use-model")
+    with gr.Accordion("Runs", open=False, elem_id="run-history-box"):
+        history = gr.Dataframe(headers=runs.HISTORY_HEADERS, value=runs.run_history(shared.runs_dir) or None,
+                               interactive=False, wrap=True, elem_id="run-history")
     timer = gr.Timer(1.0, active=False)
     field_inputs = list(inputs.values())
+
+    def pick_model(choice: str, text: str) -> list:
+        """A model to start from: its config goes into the YAML and the form; none: the YAML stays."""
+        if not choice:
+            return [gr.skip() for _ in range(1 + len(fields))]
+        with user_errors():
+            text = runs.model_config_yaml(shared.host.model_folder(shared.store.key(choice)))
+        return [text, *form_values(text, fields)]
+
+    init_from.input(pick_model, [init_from, config_yaml], [config_yaml, *field_inputs],
+                    api_visibility="undocumented")
+
+    def preview_dataset(dataset: str | None, data_path: str, config_yaml: str, **form: Any) -> str:
+        """The examples per split the run will see, a warning for a tiny validation split, the first ones."""
+        import tempfile
+
+        with user_errors():
+            data = apply_form(config_yaml, fields, [form.get(f.param) for f in fields], dump=False)
+            with tempfile.TemporaryDirectory(prefix="mmassist-preview-") as tmp:
+                for split, path in prepare_dataset(dataset, data_path, Path(tmp)).items():
+                    set_path(data, f"data.{split}", path)
+                if not get_path(data, "data.train"):
+                    raise ConfigError("no training data: upload a dataset, give a path on the server, "
+                                      "or set data.train in the YAML")
+                return runs.preview_markdown(FusionConfig.from_dict(data), shared.host)
+
+    preview.click(preview_dataset, [dataset, data_path, config_yaml], [preview_out], inputs_kwargs=inputs,
+                  api_name="preview_dataset", concurrency_limit=1, concurrency_id="preview")
 
     def load_start(choice: str) -> list:
         with user_errors():
@@ -98,13 +143,16 @@ def finetune_tab(gr, shared: Shared, demo) -> None:
     config_yaml.blur(sync_form, [config_yaml], field_inputs, api_visibility="undocumented", queue=False,
                      show_progress="hidden")
 
-    def start_finetune(dataset: str | None, data_path: str, config_yaml: str, **form: Any) -> list:
-        """Start a fine-tune from the YAML, the form's values over it, and the dataset given."""
+    def start_finetune(dataset: str | None, data_path: str, config_yaml: str, init_model: str = "",
+                       name: str = "", **form: Any) -> list:
+        """Start a fine-tune from the YAML, the form's values over it, and the dataset given; from the
+        weights of ``init_model`` when one is picked, into the run folder ``name`` when one is given."""
         with user_errors():
             shared.runner.check_free()
             values = [form.get(f.param, None) for f in fields]
             data = apply_form(config_yaml, fields, values, dump=False)
-            out = new_run_dir(shared.runs_dir, get_path(data, "task.kind") or "run")
+            init = shared.store.key(init_model) if init_model else None
+            out = runs.run_folder(shared.runs_dir, name, get_path(data, "task.kind") or "run")
             try:
                 found = prepare_dataset(dataset, data_path, out / "data")
                 for split, path in found.items():
@@ -112,44 +160,49 @@ def finetune_tab(gr, shared: Shared, demo) -> None:
                 if not get_path(data, "data.train"):
                     raise ConfigError("no training data: upload a dataset, give a path on the server, "
                                       "or set data.train in the YAML")
-                job = shared.runner.start(FusionConfig.from_dict(data), out)
+                job = shared.runner.start(FusionConfig.from_dict(data), out, init_from=init)
             except BaseException:
                 shutil.rmtree(out, ignore_errors=True)  # no empty run folders for Chat to list
                 raise
-        return [render_status(job.snapshot()), None, None, gr.Timer(active=True),
-                gr.Button(visible=False)]
+        return [render_status(job.snapshot()), None, "", gr.Timer(active=True),
+                gr.Button(visible=False), gr.Button(interactive=True), ""]
 
-    start.click(start_finetune, [dataset, data_path, config_yaml], [status, plot, report, timer, use_model],
+    start.click(start_finetune, [dataset, data_path, config_yaml, init_from, run_name],
+                [status, plot, report, timer, use_model, stop, log_box],
                 inputs_kwargs=inputs, api_name="start_finetune", concurrency_limit=1,
                 concurrency_id="finetune")
 
-    def stop_finetune() -> str:
+    def stop_finetune() -> list:
         """Ask the running fine-tune to stop after its current step."""
         stopped = shared.runner.stop()
         job = shared.runner.job
         if not stopped:
             gr.Info("no fine-tune is running")
-        return render_status(job.snapshot() if job else None)
+        return [render_status(job.snapshot() if job else None), gr.Button(interactive=False)]
 
-    stop.click(stop_finetune, None, [status], api_name="stop_finetune", concurrency_limit=None)
+    stop.click(stop_finetune, None, [status, stop], api_name="stop_finetune", concurrency_limit=None)
 
     def poll() -> list:
         job = shared.runner.job
         snap = job.snapshot() if job else None
         if snap is None:
             return [render_status(None), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(),
-                    gr.skip()]
+                    gr.skip(), gr.Button(interactive=False), gr.skip(), gr.skip(), gr.skip()]
         final = not snap.running
         return [
             render_status(snap),
             loss_plot(snap.points, snap.series, snap.max_steps),
-            report_of(snap) if final else gr.skip(),
+            runs.report_markdown(report_of(snap)) if final else gr.skip(),
             gr.Timer(active=not final),
             gr.Button(visible=final and snap.phase != "failed"),
             gr.Dropdown(choices=shared.store.choices()) if final else gr.skip(),
+            gr.Button(interactive=not final and not snap.stop_requested),
+            "\n".join(snap.log),
+            runs.run_history(shared.runs_dir) if final else gr.skip(),
+            gr.Dropdown(choices=model_choices(shared)) if final else gr.skip(),
         ]
 
-    poll_outputs = [status, plot, report, timer, use_model, shared.model_box]
+    poll_outputs = [status, plot, report, timer, use_model, shared.model_box, stop, log_box, history, init_from]
     timer.tick(poll, None, poll_outputs, api_visibility="undocumented", concurrency_limit=None,
                show_progress="hidden")
     demo.load(poll, None, poll_outputs, api_visibility="undocumented", concurrency_limit=None)
@@ -176,9 +229,15 @@ def finetune_tab(gr, shared: Shared, demo) -> None:
 # -- helpers (no gradio state) ------------------------------------------------------------------
 
 
+def model_choices(shared: Shared) -> list[tuple[str, str]]:
+    """The models a run may start from: none (a new model), the starter, the models fine-tuned here."""
+    return [("a new model (the config below)", ""), *shared.store.choices()]
+
+
 def form_input(gr, f: FormField, value: Any):
-    """The gradio input for one config field, labelled by its path and helped by its help text."""
-    common = {"label": f.path, "info": f.help, "value": f.to_form(value), "elem_id": "field-" + f.param}
+    """The gradio input for one config field, labelled in words, helped by its help text and its config path."""
+    common = {"label": f.label, "info": f"{f.help} ({f.path})", "value": f.to_form(value),
+              "elem_id": "field-" + f.param}
     if f.kind == "choice":
         return gr.Dropdown(list(f.choices), **common)
     if f.kind == "bool":
@@ -186,7 +245,7 @@ def form_input(gr, f: FormField, value: Any):
     if f.kind in ("int", "float"):
         return gr.Number(precision=0 if f.kind == "int" else None, **common)
     if f.kind == "list":
-        return gr.Textbox(placeholder="comma-separated", **{**common, "info": f.help + " (comma-separated)"})
+        return gr.Textbox(placeholder="comma-separated", **{**common, "info": f"{f.help}, comma-separated ({f.path})"})
     return gr.Textbox(**common)
 
 
@@ -227,18 +286,6 @@ def apply_form(text: str, fields: list[FormField], values: Any, *, dump: bool) -
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
-def new_run_dir(runs_dir: Path, task: str) -> Path:
-    """A new folder under ``runs_dir`` named after the task and the time."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = runs_dir / f"{task}-{stamp}"
-    n = 2
-    while out.exists():
-        out = runs_dir / f"{task}-{stamp}-{n}"
-        n += 1
-    out.mkdir(parents=True)
-    return out
-
-
 def loss_plot(points: list[dict[str, Any]], series: Sequence[str] = (), max_steps: int = 0):
     """The plot of a run: a Vega-Lite chart for ``gr.Plot``, or None until there is a point.
 
@@ -264,7 +311,7 @@ def loss_plot(points: list[dict[str, Any]], series: Sequence[str] = (), max_step
         "usermeta": {"embedOptions": {"renderer": "svg", "actions": False}},
         "data": {"values": values},
         "layer": [{
-            "mark": {"type": "line", "point": {"filled": True, "size": 36, "strokeWidth": 0}, "tooltip": True},
+            "mark": {"type": "line", "point": {"filled": True, "size": 20, "strokeWidth": 0}, "tooltip": True},
             "encoding": {
                 "x": {"field": "step", "type": "quantitative", "title": "step",
                       "scale": {"domain": [0, max(last, 1)], "nice": False},

@@ -28,6 +28,21 @@ FORM_FIELDS = (
     "training.lora.enabled",
 )
 
+# The form's labels, in words (the config path is shown beside the help text).
+LABELS = {
+    "task.kind": "Task",
+    "task.prompt": "Prompt",
+    "task.labels": "Labels",
+    "training.epochs": "Epochs",
+    "training.max_steps": "Max steps",
+    "training.batch_size": "Batch size",
+    "training.lr": "Learning rate",
+    "training.eval_every": "Validate every (steps)",
+    "data.validation_fraction": "Validation share",
+    "decoder.freeze": "Freeze the language model",
+    "training.lora.enabled": "LoRA adapters",
+}
+
 
 @dataclass(frozen=True)
 class FormField:
@@ -38,6 +53,11 @@ class FormField:
     help: str
     choices: tuple = ()
     optional: bool = False
+
+    @property
+    def label(self) -> str:
+        """The field's name in words: training.max_steps -> "Max steps"."""
+        return LABELS.get(self.path) or self.path.rsplit(".", 1)[-1].replace("_", " ").capitalize()
 
     @property
     def param(self) -> str:

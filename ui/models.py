@@ -7,6 +7,8 @@ requests interleave token by token instead of racing on the tokenizer or the wei
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mmassist.core.runtime.assistant import Assistant
+from mmassist.core.runtime.config import GenerationConfig
 from mmassist.core.errors import ConfigError, MMAssistError
 from mmassist.core.contract.host import Host
 
@@ -88,6 +91,20 @@ class ModelStore:
         if choice == STARTER:
             return STARTER
         return str(Path(choice).expanduser().resolve())
+
+    def generation(self, choice: str | None) -> GenerationConfig:
+        """The decoding defaults a model was saved with (its config's ``generation``), read without loading
+        it; the library's defaults when its config cannot be read (loading it will say why)."""
+        key = self.key(choice)
+        loaded = self._loaded.get(key)
+        if loaded is not None:
+            return loaded.assistant.cfg.generation
+        try:
+            data = json.loads((self.host.model_folder(key) / "config.json").read_text(encoding="utf-8"))
+            names = {f.name for f in dataclasses.fields(GenerationConfig)}
+            return GenerationConfig(**{k: v for k, v in (data.get("generation") or {}).items() if k in names})
+        except (OSError, ValueError, TypeError, AttributeError, MMAssistError):
+            return GenerationConfig()
 
     def get(self, choice: str | None) -> LoadedModel:
         """The loaded model for a picker value, loading it on first use."""

@@ -142,6 +142,28 @@ def reference_answer(ex: Example) -> str:
     return next(m["content"] for m in reversed(ex.messages) if m["role"] == "assistant")
 
 
+SAMPLES = 5  # predictions kept in an evaluation's report, beside the scores
+
+
+def example_input(ex: Example) -> str:
+    """What an example gives the model, in one line: its text (or last question) and its media files' names."""
+    if ex.words:
+        text = " ".join(ex.words)
+    elif ex.text is not None:
+        text = ex.text
+    else:
+        text = next((m["content"] for m in reversed(ex.messages) if m["role"] == "user"), "")
+        text = text if isinstance(text, str) else ""
+    files = " ".join(f"[{Path(path).name}]" for _, path in ex.media)
+    return " ".join(part for part in (files, " ".join(text.split())) if part)
+
+
+def samples(examples: Sequence[Example], references: Sequence[str], predictions: Sequence[str]) -> list[dict]:
+    """The first :data:`SAMPLES` predictions beside their inputs and references (``samples`` in a report)."""
+    return [{"input": example_input(e), "reference": r, "prediction": p}
+            for e, r, p in zip(examples[:SAMPLES], references, predictions)]
+
+
 def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_by_length: bool,
                   world: int = 1) -> list[list[int]]:
     """The global batches of one epoch: shuffled with (seed, epoch), so a resumed run sees the same.
@@ -509,9 +531,11 @@ def evaluate_examples(asst: Assistant, examples: Sequence[Example], batch_size: 
     metrics: dict[str, Any] = {"loss": total / max(weight, 1)}
     if cfg.task.kind == "token_classification":
         metrics.update(entity_report([list(e.tags) for e in examples], preds))
+        metrics["samples"] = samples(examples, [" ".join(e.tags) for e in examples], [" ".join(p) for p in preds])
         return metrics
     if cfg.task.kind == "classification":
         metrics.update(classification_report([e.label for e in examples], preds, cfg.task.labels))
+        metrics["samples"] = samples(examples, [e.label for e in examples], preds)
         return metrics
     chosen = list(examples[: len(examples) if generate_limit is None else generate_limit])
     if chosen:
@@ -522,6 +546,7 @@ def evaluate_examples(asst: Assistant, examples: Sequence[Example], batch_size: 
             answers += asst.generate_batch(prompts[s: s + batch_size], gen)
             advance()
         metrics.update(text_report([reference_answer(e) for e in chosen], answers))
+        metrics["samples"] = samples(chosen, [reference_answer(e) for e in chosen], answers)
     return metrics
 
 
