@@ -271,7 +271,8 @@ def test_fine_tune_shows_a_growing_loss_plot_and_stops(page, app_url, tmp_path):
         f"the step axis has fractional ticks: {ticks}"
 
 
-PLOT_TEXTS = """(role) => [...document.querySelectorAll('#loss-plot svg g.' + role + ' text')].map(t => t.textContent)"""
+PLOT_TEXTS = """(role) => [...document.querySelectorAll('#loss-plot svg g.' + role + ' text')]
+  .map(t => t.textContent)"""
 
 
 def plot_texts(page, role: str) -> list[str]:

@@ -131,7 +131,8 @@ def chat_tab(gr, shared: Shared) -> None:
                                     info=gen_help["temperature"])
             top_p = gr.Slider(0.05, 1.0, value=gen_defaults.top_p, step=0.05, label="Top-p",
                               info=gen_help["top_p"])
-            max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=min(gen_defaults.max_new_tokens, MAX_NEW_TOKENS), step=1,
+            max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, step=1,
+                                       value=min(gen_defaults.max_new_tokens, MAX_NEW_TOKENS),
                                        label="Max new tokens", info=gen_help["max_new_tokens"])
         system_prompt = gr.Textbox(label="System prompt", lines=2, elem_id="system-prompt",
                                    info="put before the conversation; empty: the model's own")

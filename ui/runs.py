@@ -107,8 +107,8 @@ def report_markdown(metrics: dict[str, Any] | None) -> str:
         per_class = metrics[s].get("per_class")
         if per_class:
             cols = list(next(iter(per_class.values())))
-            out.append(f"**{s}, per class**\n\n" + _table(["class", *cols],
-                                                           [[k, *(v.get(c, "") for c in cols)] for k, v in per_class.items()]))
+            rows = [[k, *(v.get(c, "") for c in cols)] for k, v in per_class.items()]
+            out.append(f"**{s}, per class**\n\n" + _table(["class", *cols], rows))
             break
     for s in reversed(splits):
         shown = metrics[s].get("samples")
@@ -124,7 +124,8 @@ def preview_markdown(cfg: FusionConfig, host: Host) -> str:
     warning when validation is too small to choose the best step, and the first training examples."""
     splits = load_splits(cfg.data, cfg.task, host)
     counts = {k: len(v) for k, v in splits.items()}
-    carved = [k for k, given in (("validation", cfg.data.validation), ("test", cfg.data.test)) if not given and counts[k]]
+    carved = [k for k, given in (("validation", cfg.data.validation), ("test", cfg.data.test))
+              if not given and counts[k]]
     lines = [_table(["split", "examples"], [[k + (" (carved from train)" if k in carved else ""), n]
                                             for k, n in counts.items()])]
     if counts["validation"] < 2:
