@@ -87,13 +87,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task on the bundled held-out mix (the starter's evaluation)."""
     from mmassist.core.training.finetune import evaluate_checkpoint
 
+    if args.data is None and args.full:
+        return full_report(args)
     if args.data is None:
         from mmassist.core.recipes import starter
 
         def progress(done: int, total: int) -> None:
             print(f"\r{done}/{total} answered", end="", file=sys.stderr, flush=True)
 
-        scores = starter.evaluate(args.checkpoint, split=args.split, limit=args.limit,
+        scores = starter.evaluate(args.checkpoint, split=args.split, limit=args.limit, per_task=args.per_task,
                                   batch_size=args.batch_size, progress=progress)
         print(file=sys.stderr)
         if args.json:
@@ -223,6 +225,21 @@ def parse_assignment(text: str) -> tuple[str, object]:
     return key.strip(), yaml_load(value)
 
 
+def full_report(args: argparse.Namespace) -> int:
+    """``mmassist eval MODEL --full``: :func:`mmassist.core.recipes.smol.evaluate.assistant_report`."""
+    from mmassist.core.recipes.smol.evaluate import assistant_report, format_assistant_report
+    from mmassist.core.runtime.assistant import Assistant
+
+    model = Assistant.from_pretrained(args.checkpoint)
+    against = args.against
+    if against is None and isinstance(model.cfg.decoder.path, str) and model.cfg.decoder.path in model.host.models:
+        against = model.cfg.decoder.path  # e.g. smollm2-135m-instruct: the LM before it was taught to see
+    rep = assistant_report(model, pretrained=against, per_task=args.per_task,
+                           log=lambda part: print(f"evaluating: {part}", file=sys.stderr, flush=True))
+    print(json.dumps(rep, indent=2) if args.json else format_assistant_report(rep))
+    return 0
+
+
 def format_samples(samples: list[dict[str, str]], width: int = 60) -> str:
     """An evaluation's sample predictions, one block each: the input, the reference and the prediction."""
     def cut(text: str) -> str:
@@ -277,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="bundled mix: print JSON instead of a table")
     p.add_argument("--by-question", action="store_true",
                    help="bundled mix: also score shape questions per kind of question (where is the <shape>?, ...)")
+    p.add_argument("--per-task", type=int, help="bundled mix: score only the first N records of each task")
+    p.add_argument("--full", action="store_true",
+                   help="bundled mix: the assistant's whole report: tasks against their targets, general knowledge "
+                        "(beside --against), ten-turn conversations, looping answers")
+    p.add_argument("--against", default=None, metavar="MODEL",
+                   help="with --full: the pretrained LM whose general knowledge the model must keep "
+                        "(default: the model's own decoder when it is a registered name)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train-starter", help="rebuild the starter model from scratch (CPU is enough)")

@@ -146,3 +146,21 @@ def test_mixed_conversations_are_scored_against_the_same_questions_asked_alone(s
     assert sum(r["n"] for r in report.per_task.values()) == report.scored
     assert report.examples[0][1]["task"] == "sentiment" and report.examples[0][1]["answer"] is not None
     assert seen[-1][0] == seen[-1][1]
+
+
+def test_the_assistant_report_scores_every_target_and_compares_knowledge(small_data, host, tmp_path):
+    """`mmassist eval starter --full` on the tiny starter, small data, a few records a task: every figure
+    issue 23 asks for is there, beside its target, and knowledge is compared with a second model."""
+    from mmassist.core.recipes.smol.evaluate import assistant_report, format_assistant_report
+
+    tiny = core.Assistant.from_pretrained(smol.SHIPPED_ROOT / "model", host=host)
+    rep = assistant_report(tiny, pretrained=tiny, per_task=3, conversations=2, data_root=small_data,
+                           small=True)
+    assert {"shapes_qa", "digits", "sentiment"} <= set(rep["tasks"])
+    assert all(s["total"] <= 3 for s in rep["tasks"].values())
+    assert rep["tasks"]["digits"]["target"] == 0.95
+    assert rep["knowledge"]["questions"] == len(KNOWLEDGE) and rep["knowledge"]["kept"] in (1.0, None)
+    assert rep["multi_turn"]["conversations"] == 2 and 0 <= rep["loops"]["share"] <= 1
+    text = format_assistant_report(rep)
+    assert "| digits |" in text and ">= 0.95" in text and "Ten-turn conversations: 2" in text
+    assert "Generation defaults: max_new_tokens=" in text

@@ -182,3 +182,80 @@ def loop_share(model: str | Path | Assistant, prompts: list[str], *, generation:
         encoded = [asst.processor.encode(asst.processor.conversation(p), add_generation_prompt=True) for p in chunk]
         rows += [{"prompt": p, "answer": a, "loops": loops(a)} for p, a in zip(chunk, asst.generate_batch(encoded, gen))]
     return sum(r["loops"] for r in rows) / max(len(rows), 1), rows
+
+
+# Open requests whose answers run long: where greedy decoding loops if it is going to (none is a replay prompt).
+OPEN_PROMPTS = (
+    "Explain how a rainbow forms.", "Write a short poem about the sea.", "What are some tips for staying healthy?",
+    "Describe your ideal weekend.", "How does a computer work?", "Tell me about the history of bicycles.",
+    "Why is exercise important?", "Write a short story about a lost dog.", "What makes a good friend?",
+    "Explain photosynthesis to a child.", "How do airplanes fly?", "Give me advice for a job interview.",
+)
+# What issue 23 asks of the starter, per task (held-out accuracy through chat, greedy).
+TARGETS = {"shapes_caption": 0.90, "shapes_qa": 0.90, "digits": 0.95, "motion": 0.90, "sentiment": 0.86,
+           "follow_up": 0.90}
+KNOWLEDGE_KEPT = 0.90  # of the pretrained LM's own score
+
+
+def assistant_report(model: str | Path | Assistant, *, pretrained: str | Path | Assistant | None = None,
+                     per_task: int | None = 50, conversations: int = 20, data_root: Path | None = None,
+                     small: bool = False, log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Everything issue 23 measures of a starter, greedy: held-out accuracy per task (``per_task`` records
+    each), general knowledge beside the pretrained LM's (``pretrained``; None: not compared), ten-turn
+    conversations against the same questions alone, and the share of looping answers to open requests."""
+    from mmassist.core.recipes import bundled, smol, starter
+
+    asst = model if isinstance(model, Assistant) else Assistant.from_pretrained(model)
+    root = bundled.build_all(data_root if data_root is not None else bundled.default_root(), small=small)
+    log("tasks")
+    tasks = starter.evaluate(asst, per_task=per_task, data_root=root, small=small)
+    out: dict[str, Any] = {"generation": dataclasses.asdict(asst.cfg.generation), "tasks": {
+        t: {"score": s.score, "correct": s.correct, "total": s.total, "target": TARGETS.get(t)}
+        for t, s in tasks.items()}}
+    log("knowledge")
+    mine, rows = smol.knowledge_score(asst)
+    out["knowledge"] = {"score": mine, "questions": len(rows), "wrong": [r for r in rows if not r["right"]][:10]}
+    if pretrained is not None:
+        base = pretrained if isinstance(pretrained, Assistant) else Assistant.from_pretrained(pretrained)
+        theirs, _ = smol.knowledge_score(base)
+        out["knowledge"].update(pretrained=theirs, kept=mine / theirs if theirs else None)
+    log("multi-turn")
+    mt = multi_turn(asst, root, conversations=conversations)
+    out["multi_turn"] = {"conversations": mt.conversations, "scored": mt.scored, "alone": mt.alone,
+                         "in_conversation": mt.in_conversation, "too_long": mt.too_long, "per_task": mt.per_task}
+    log("loops")
+    prompts = [*OPEN_PROMPTS, *chat.split_prompts()["test"].get("greeting", [])]
+    share, answers = loop_share(asst, prompts)
+    out["loops"] = {"share": share, "prompts": len(answers), "looping": [a for a in answers if a["loops"]][:5]}
+    return out
+
+
+def format_assistant_report(rep: dict[str, Any]) -> str:
+    """:func:`assistant_report` as Markdown: each figure beside its target."""
+    def mark(ok: bool | None) -> str:
+        return "" if ok is None else ("yes" if ok else "**no**")
+
+    lines = ["| held-out task | score | answered right | target | met |", "|---|---|---|---|---|"]
+    for t, s in rep["tasks"].items():
+        target = s["target"]
+        lines.append(f"| {t} | {s['score']:.3f} | {s['correct']} / {s['total']} | "
+                     f"{'' if target is None else f'>= {target:.2f}'} | "
+                     f"{mark(None if target is None else s['score'] >= target)} |")
+    k = rep["knowledge"]
+    lines += ["", "| general knowledge | score |", "|---|---|",
+              f"| this model | {k['score']:.3f} ({k['questions']} questions) |"]
+    if "pretrained" in k:
+        kept = k["kept"]
+        shown = "–" if kept is None else f"{kept:.2f}"
+        lines += [f"| the pretrained LM | {k['pretrained']:.3f} |",
+                  f"| kept | {shown} (target >= {KNOWLEDGE_KEPT:.2f}: "
+                  f"{mark(kept is not None and kept >= KNOWLEDGE_KEPT)}) |"]
+    m = rep["multi_turn"]
+    lines += ["", f"Ten-turn conversations: {m['conversations']}, {m['scored']} scored questions: "
+                  f"{m['in_conversation']:.3f} in conversation, {m['alone']:.3f} asked alone "
+                  f"({m['alone'] - m['in_conversation']:+.3f} lost; {m['too_long']} cut at the length limit)."]
+    lo = rep["loops"]
+    lines += [f"Looping answers (greedy) to {lo['prompts']} open requests: {lo['share']:.1%}.",
+              "Generation defaults: " + ", ".join(f"{k}={v}" for k, v in rep["generation"].items()
+                                                  if v not in (None, []))]
+    return "\n".join(lines)

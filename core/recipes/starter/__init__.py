@@ -372,36 +372,46 @@ class TaskScore:
         return self.correct / self.total if self.total else 0.0
 
 
-def evaluate(model: str | Path = NAME, *, split: str = "test", data_root: str | Path | None = None,
-             limit: int | None = None, batch_size: int = 32, small: bool = False,
+def evaluate(model: str | Path | Assistant = NAME, *, split: str = "test", data_root: str | Path | None = None,
+             limit: int | None = None, per_task: int | None = None, batch_size: int = 32, small: bool = False,
              progress: Callable[[int, int], None] | None = None) -> dict[str, TaskScore]:
     """Answer every held-out record of the mix through :meth:`mmassist.core.Assistant.chat` (greedy) and
     score exact matches per task (digits and motion captions included in their task).
 
-    :param model: ``"starter"`` or a model folder.
+    :param model: ``"starter"``, a model folder, or a loaded :class:`~mmassist.core.Assistant`.
     :param limit: score only the first ``limit`` records (for a quick look).
+    :param per_task: score only the first ``per_task`` records of each task (a balanced sample, for a
+        slower model).
     :param small: score on the small builds of the bundled data (for tests).
     """
     import dataclasses
 
-
-    assistant = Assistant.from_pretrained(model)
+    assistant = model if isinstance(model, Assistant) else Assistant.from_pretrained(model)
     root = bundled.build_all(Path(data_root) if data_root is not None else bundled.default_root(), small=small)
     examples = load_examples(root / f"mix_{split}.jsonl", TaskConfig(kind="chat"), DataConfig())
     ids = [json.loads(line)["id"] for line in open(root / f"mix_{split}.jsonl", encoding="utf-8")]
+    rows = []  # (example, task, question, reference)
+    for ex, rid in zip(examples, ids):
+        question = plain_question(next(m["content"] for m in ex.messages if m["role"] == "user"))
+        reference = next(m["content"] for m in reversed(ex.messages) if m["role"] == "assistant")
+        rows.append((ex, task_of(rid, question), question, reference))
+    if per_task is not None:
+        counts: dict[str, int] = {}
+        kept = []
+        for r in rows:
+            counts[r[1]] = counts.get(r[1], 0) + 1
+            if counts[r[1]] <= per_task:
+                kept.append(r)
+        rows = kept
     if limit is not None:
-        examples, ids = examples[:limit], ids[:limit]
+        rows = rows[:limit]
     gen = dataclasses.replace(assistant.cfg.generation, temperature=0.0)
     scores: dict[str, TaskScore] = {}
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        prompts = [encode_example(e, assistant.processor, assistant.cfg, for_training=False) for e in chunk]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        prompts = [encode_example(r[0], assistant.processor, assistant.cfg, for_training=False) for r in chunk]
         answers = assistant.generate_batch(prompts, gen)
-        for ex, rid, answer in zip(chunk, ids[start:start + batch_size], answers):
-            question = next(m["content"] for m in ex.messages if m["role"] == "user")
-            question = plain_question(question)
-            task = task_of(rid, question)
-            reference = next(m["content"] for m in reversed(ex.messages) if m["role"] == "assistant")
+        for (_, task, question, reference), answer in zip(chunk, answers):
             s = scores.setdefault(task, TaskScore(task, 0, 0))
             right = int(answer.strip() == reference.strip())
             s.total += 1
@@ -411,7 +421,7 @@ def evaluate(model: str | Path = NAME, *, split: str = "test", data_root: str | 
                 tally[0] += right
                 tally[1] += 1
         if progress is not None:
-            progress(min(start + batch_size, len(examples)), len(examples))
+            progress(min(start + batch_size, len(rows)), len(rows))
     return {t: scores[t] for t in TASKS if t in scores}
 
 
