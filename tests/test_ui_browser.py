@@ -213,9 +213,16 @@ def test_the_starters_examples_are_cards_that_send_themselves(page):
     assert page.locator(CARDS).count() == 0, "the starter's examples stayed for another model"
 
 
+VISIBLE_ERRORS = """() => [...document.querySelectorAll('.error')].filter(e => e.checkVisibility()
+  && !e.closest('.toast-body')).map(e => e.innerText)"""
+
+
 def test_caption_two_files_in_the_browser(page, app_url):
     _, squares = app_url
     open_tab(page, "Caption")
+    page.click("#caption-button")  # no files yet: one toast says so, no red "Error" on the table
+    page.locator(".toast-body").filter(has_text="no files to caption").first.wait_for()
+    assert page.evaluate(VISIBLE_ERRORS) == []
     page.set_input_files("#caption-files input[type=file]", [str(squares / "green.png"), str(squares / "blue.png")])
     wait_text(page, "#caption-files", "blue")  # the file list shows "blue" and ".png" apart
     page.click("#caption-button")

@@ -235,8 +235,21 @@ def caption_tab(gr, shared: Shared) -> None:
                  "data": [[r.file, r.caption if not r.error else f"⚠ not captioned: {r.error}"] for r in rows]}
         return table, [str(csv_path), str(jsonl_path)]
 
-    cap_button.click(caption, [cap_files, shared.model_box], [cap_table, cap_downloads], api_name="caption",
-                     concurrency_limit=shared.concurrency, concurrency_id="caption")
+    def caption_in_page(files: list[str] | None, model: str) -> tuple[Any, Any]:
+        """The button: a mistake (no files, a model that cannot caption) is a toast, and the table and
+        downloads stay as they were instead of each showing a red "Error"."""
+        try:
+            return caption(files, model)
+        except gr.Error as e:
+            gr.Warning(e.message, title=e.title)
+            return gr.skip(), gr.skip()
+
+    cap_button.click(caption_in_page, [cap_files, shared.model_box], [cap_table, cap_downloads],
+                     api_visibility="undocumented", concurrency_limit=shared.concurrency, concurrency_id="caption")
+    # /caption for scripts: the same, its errors raised
+    gr.Button(visible=False).click(caption, [cap_files, shared.model_box], [cap_table, cap_downloads],
+                                   api_name="caption", concurrency_limit=shared.concurrency,
+                                   concurrency_id="caption")
 
 
 def entities_tab(gr, shared: Shared) -> None:
