@@ -234,7 +234,7 @@ def full_report(args: argparse.Namespace) -> int:
     against = args.against
     if against is None and isinstance(model.cfg.decoder.path, str) and model.cfg.decoder.path in model.host.models:
         against = model.cfg.decoder.path  # e.g. smollm2-135m-instruct: the LM before it was taught to see
-    rep = assistant_report(model, pretrained=against, per_task=args.per_task,
+    rep = assistant_report(model, pretrained=against, per_task=args.per_task, conversations=args.conversations,
                            log=lambda part: print(f"evaluating: {part}", file=sys.stderr, flush=True))
     print(json.dumps(rep, indent=2) if args.json else format_assistant_report(rep))
     return 0
@@ -298,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true",
                    help="bundled mix: the assistant's whole report: tasks against their targets, general knowledge "
                         "(beside --against), ten-turn conversations, looping answers")
+    p.add_argument("--conversations", type=int, default=20, help="with --full: ten-turn conversations to hold")
     p.add_argument("--against", default=None, metavar="MODEL",
                    help="with --full: the pretrained LM whose general knowledge the model must keep "
                         "(default: the model's own decoder when it is a registered name)")

@@ -2,7 +2,9 @@
 its shell blocks, in the order a reader meets them, in a folder that has the repository's files.
 
 Two things differ from a reader's run, to keep the suite short: fine-tunes stop after two steps
-(``training.max_steps=2``; on the command line without a test report, ``data.test=null``), and ``mmassist eval starter`` scores the first 8 test records (``--limit 8``).
+(``training.max_steps=2``; on the command line without a test report, ``data.test=null``), and
+``mmassist eval starter`` scores the first 8 test records (``--limit 8``; with ``--full``, 2 a task and
+2 conversations).
 A block preceded by ``<!-- readme-test: skip: <why> -->`` is not run (a server, a fragment of a plugin's
 code, an hours-long rebuild); so are ``make``, ``torchrun``, ``curl`` and the server commands (``ui``,
 ``serve``), which other tests drive.
@@ -105,7 +107,7 @@ def test_every_block_runs_as_written(workspace, monkeypatch):
             if args[0] == "finetune":
                 args = [*args, *SHORT]
             if args[:2] == ["eval", "starter"]:
-                args = [*args, "--limit", "8"]
+                args = [*args, "--limit", "8", *(["--per-task", "2", "--conversations", "2"] if "--full" in args else [])]
             run = subprocess.run([sys.executable, "-m", "mmassist.core", *args], capture_output=True, text=True,
                                  env=env, timeout=600)
             assert run.returncode == 0, f"README.md:{line}: mmassist {shlex.join(args)}\n{run.stderr[-3000:]}"
