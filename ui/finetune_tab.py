@@ -44,7 +44,7 @@ def finetune_tab(gr, shared: Shared, demo) -> None:
                                 info="a new model (the config as it is), or a trained one: its config "
                                      "replaces the YAML below, its weights are the starting point",
                                 elem_id="init-from")
-        run_name = gr.Textbox(label="Run name", placeholder="default: <task>-<date>-<time>",
+        run_name = gr.Textbox("", label="Run name", placeholder="default: <task>-<date>-<time>",
                               info="the folder under the runs folder; letters, digits, . _ -",
                               elem_id="run-name")
     with gr.Row():

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmassist.core.errors import PromptTooLongError
+from mmassist.core.recipes import bundled, starter
 from mmassist.core.recipes.bundled import chat
 from mmassist.core.recipes.bundled.common import plain_question, read_jsonl
+from mmassist.core.recipes.smol import knowledge_score
 from mmassist.core.recipes.starter import task_of
 from mmassist.core.runtime.assistant import Assistant
 from mmassist.core.runtime.config import GenerationConfig
@@ -203,8 +205,6 @@ def assistant_report(model: str | Path | Assistant, *, pretrained: str | Path | 
     """Everything issue 23 measures of a starter, greedy: held-out accuracy per task (``per_task`` records
     each), general knowledge beside the pretrained LM's (``pretrained``; None: not compared), ten-turn
     conversations against the same questions alone, and the share of looping answers to open requests."""
-    from mmassist.core.recipes import bundled, smol, starter
-
     asst = model if isinstance(model, Assistant) else Assistant.from_pretrained(model)
     root = bundled.build_all(data_root if data_root is not None else bundled.default_root(), small=small)
     log("tasks")
@@ -213,11 +213,11 @@ def assistant_report(model: str | Path | Assistant, *, pretrained: str | Path | 
         t: {"score": s.score, "correct": s.correct, "total": s.total, "target": TARGETS.get(t)}
         for t, s in tasks.items()}}
     log("knowledge")
-    mine, rows = smol.knowledge_score(asst)
+    mine, rows = knowledge_score(asst)
     out["knowledge"] = {"score": mine, "questions": len(rows), "wrong": [r for r in rows if not r["right"]][:10]}
     if pretrained is not None:
         base = pretrained if isinstance(pretrained, Assistant) else Assistant.from_pretrained(pretrained)
-        theirs, _ = smol.knowledge_score(base)
+        theirs, _ = knowledge_score(base)
         out["knowledge"].update(pretrained=theirs, kept=mine / theirs if theirs else None)
     log("multi-turn")
     mt = multi_turn(asst, root, conversations=conversations)
