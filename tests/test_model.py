@@ -431,3 +431,26 @@ def test_encode_user_text_reads_each_user_turn_through_the_text_encoder(host, im
     assert [m.value for m in given.items["text"]] == ["a review"]
     with pytest.raises(core.ConfigError, match="encode_user_text needs a text encoder"):
         build(tiny_cfg(task={"kind": "chat", "encode_user_text": True}), host)
+
+
+def test_a_lora_wrapped_decoder_is_given_the_cache_under_the_name_its_model_takes():
+    """peft's forward takes **kwargs, so the cache's name (``cache`` in recent transformers 5.x, which warns
+    on every step when given ``past_key_values``) is read from the model it wraps."""
+    import inspect
+    import warnings
+
+    import peft
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mmassist.core.runtime.generate import cache_keyword
+
+    base = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, vocab_size=64))
+    expected = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    wrapped = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    assert cache_keyword(wrapped) == cache_keyword(base) == expected
+    ids = torch.tensor([[1, 2, 3]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # a deprecated name would raise here
+        first = wrapped(input_ids=ids, use_cache=True)
+        wrapped(input_ids=ids[:, -1:], use_cache=True, **{expected: first.past_key_values})

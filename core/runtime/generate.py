@@ -96,8 +96,10 @@ def generate_ids(model: MultimodalModel, batch: Batch, gen: GenerationConfig, *,
 
 
 def cache_keyword(decoder) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` during 5.x; use what this version takes."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    """transformers renamed ``past_key_values`` to ``cache`` during 5.x; use what this version takes. A peft
+    wrapper's forward takes ``**kwargs``: the model it wraps says."""
+    base = decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def new_cache(decoder):
