@@ -4,7 +4,7 @@ One walk through the page, the way a person uses it: attach an image in Chat and
 stream in; caption two files; start a fine-tune on an uploaded zip, watch the loss plot grow, stop
 it; read the Plugins tab. Every request the page makes must go to the app itself. A screenshot of
 each tab is saved in ``test-artifacts/``; with ``MMASSIST_UPDATE_SCREENSHOTS=1`` they are also
-copied to ``docs/screenshots/<tab>.png`` for the README.
+copied to ``docs/screenshots/<tab>.png`` for the README (Chat and Caption show the starter model).
 
 Needs the ``playwright`` Python package and ``/usr/bin/chromium`` (``make test`` installs both;
 never ``playwright install``: no browser is downloaded). Skipped with the reason when either is absent.
@@ -23,6 +23,7 @@ from mmassist import core
 from mmassist.ui.testing import serve, tiny_caption_config, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "core" / "recipes" / "starter" / "examples"  # the starter's held-out examples
 ARTIFACTS = REPO / "test-artifacts"
 README_SHOTS = REPO / "docs" / "screenshots"
 CHROMIUM = Path(os.environ.get("MMASSIST_CHROMIUM", "/usr/bin/chromium"))
@@ -87,6 +88,13 @@ def shoot(page, tab: str) -> None:
         shutil.copyfile(path, README_SHOTS / f"{tab}.png")
 
 
+def close_toasts(page) -> None:
+    """Close the notices earlier steps left (before a screenshot)."""
+    for close in page.locator(".toast-close").all():
+        close.click()
+    page.wait_for_function("() => !document.querySelector('.toast-body')")
+
+
 def wait_text(page, selector: str, text: str) -> None:
     """Wait until the element's visible text contains ``text``."""
     page.wait_for_function("([sel, text]) => (document.querySelector(sel)?.innerText || '').includes(text)",
@@ -114,13 +122,13 @@ def test_chat_with_an_uploaded_image_streams_the_answer(page, app_url):
                            ".map(b => "
                            "(b.getAttribute('aria-label') || '') + ' ' + (b.title || '') + ' ' + b.innerText)")
     assert not [x for x in labels if "share" in x.lower()], labels
-    shoot(page, "chat")
 
 
 def test_a_corrupt_video_shows_a_readable_error_and_chat_goes_on(page, app_url, tmp_path):
     _, squares = app_url
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 2000)  # an MP4 header, then nothing
+    answered(page, 1)  # the box takes a message again once the last answer is complete
     page.set_input_files("#chat-input input[type=file]", str(broken))
     page.fill("#chat-input textarea", "What happens?")
     page.press("#chat-input textarea", "Enter")
@@ -141,9 +149,22 @@ BOT_LENGTH = """() => { const b = document.querySelectorAll('#chatbot [data-test
   return b.length ? b[b.length - 1].innerText.length : 0 }"""
 
 
-def test_stop_ends_the_answer_at_once(page, app_url, tmp_path_factory):
+def test_stop_ends_the_answer_at_once(page, app_url, tmp_path_factory, monkeypatch):
     """Stop in Chat: the answer stops growing when the button is pressed, and the box takes the next
-    message. A model trained for one step rambles up to max_new_tokens, long enough to stop it."""
+    message. A model trained for one step rambles up to max_new_tokens, at 50 tokens a second (the tiny
+    model alone would finish 1,024 before the click lands on a quiet machine)."""
+    import time
+
+    from mmassist.ui.models import LoadedModel
+
+    real_stream = LoadedModel.stream
+
+    def paced(self, pieces):
+        for piece in real_stream(self, pieces):
+            time.sleep(0.02)
+            yield piece
+
+    monkeypatch.setattr(LoadedModel, "stream", paced)  # the app serves from this process
     _, squares = app_url
     rambler = tmp_path_factory.getbasetemp() / "ui-rambler"
     if not (rambler / "manifest.json").is_file():
@@ -182,6 +203,13 @@ def test_stop_ends_the_answer_at_once(page, app_url, tmp_path_factory):
 CARDS = "#chatbot button.example"
 
 
+def answered(page, n: int) -> None:
+    """Wait until the conversation has ``n`` answers and nothing is being generated."""
+    page.wait_for_function("""(n) => document.querySelectorAll('#chatbot [data-testid=bot]').length >= n
+      && !document.querySelector('#chat-input button.stop-button')?.checkVisibility()
+      && !document.querySelector('#chat-input textarea').disabled""", arg=n)
+
+
 def clear_chat(page) -> None:
     """Start a new conversation (the Clear button is there once something was said)."""
     clear = page.locator("#chatbot button[aria-label=Clear]")
@@ -207,6 +235,12 @@ def test_the_starters_examples_are_cards_that_send_themselves(page):
     page.evaluate(WATCH_ANSWER)
     page.locator(CARDS).filter(has_text="Review:").first.click()
     page.wait_for_function("() => ['positive', 'negative'].includes((window.__answers || []).at(-1))")
+    # The README's Chat screenshot: the starter answering one of its picture examples, then a digit.
+    clear_chat(page)
+    page.locator(CARDS).filter(has_text="Describe this image.").first.click()
+    answered(page, 1)
+    close_toasts(page)
+    shoot(page, "chat")
     pick_model(page, "(default)")
     clear_chat(page)
     page.wait_for_timeout(500)
@@ -228,8 +262,21 @@ def test_caption_two_files_in_the_browser(page, app_url):
     page.click("#caption-button")
     wait_text(page, "#caption-table", "a blue square")
     assert "a green square" in page.inner_text("#caption-table")
+    # The README's Caption screenshot: the starter captioning its example pictures and clips.
+    pick_model(page, "starter")
+    page.click("#caption-files button[aria-label=Clear]")
+    shown = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".png", ".mp4"))[:5]
+    page.set_input_files("#caption-files input[type=file]", [str(p) for p in shown])
+    wait_text(page, "#caption-files", shown[-1].stem)
+    page.click("#caption-button")
+    wait_text(page, "#caption-table", shown[-1].stem)
+    overflow = page.evaluate("() => { const t = document.querySelector('#caption-table table');"
+                             " return t.scrollWidth - t.parentElement.clientWidth }")
+    assert overflow <= 1, f"the captions run {overflow} px past the table's edge instead of wrapping"
     page.wait_for_timeout(500)  # let the results fade in before the screenshot
+    close_toasts(page)
     shoot(page, "caption")
+    pick_model(page, "(default)")
 
 
 def test_fine_tune_shows_a_growing_loss_plot_and_stops(page, app_url, tmp_path):

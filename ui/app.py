@@ -222,7 +222,7 @@ def caption_tab(gr, shared: Shared) -> None:
                         elem_id="caption-files")
     cap_button = gr.Button("Caption", variant="primary", elem_id="caption-button")
     cap_table = gr.Dataframe(headers=["file", "caption"], label="Captions", interactive=False,
-                             wrap=True, elem_id="caption-table")
+                             wrap=True, column_widths=["30%", "70%"], elem_id="caption-table")
     cap_downloads = gr.File(label="Download (CSV, JSONL)", file_count="multiple", interactive=False)
 
     def caption(files: list[str] | None, model: str) -> tuple[dict, list[str]]:
