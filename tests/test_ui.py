@@ -162,10 +162,15 @@ def test_the_chat_sliders_start_at_the_picked_models_own_decoding_defaults(tiny_
 
 def model_change_fn(app) -> int:
     """The index of the event that sets the sliders when the model box changes."""
+    return fn_named(app, "model_defaults")
+
+
+def fn_named(app, name: str) -> int:
+    """The index of the app's event whose function is called ``name`` (for events with no API name)."""
     for i, fn in app.fns.items():
-        if getattr(fn.fn, "__name__", "") == "model_defaults":
+        if getattr(fn.fn, "__name__", "") == name:
             return i
-    raise AssertionError("no model_defaults event")
+    raise AssertionError(f"no {name} event")
 
 
 def test_sixteen_concurrent_chats_all_get_their_own_right_answer(url, squares):
@@ -311,13 +316,15 @@ def test_a_named_run_logs_reports_with_examples_and_is_in_the_history(client, ap
     assert "letters, digits" in app_error(lambda: start(client, squares / "captions.jsonl", name="../up"))
 
 
-def test_a_run_can_start_from_a_trained_models_weights(client, tiny_model_dir, squares, tmp_path):
+def test_a_run_can_start_from_a_trained_models_weights(client, app, tiny_model_dir, squares, tmp_path):
     """Start from the app's tiny captioner, its config as the YAML (what picking it in the form gives), one
     step at a negligible rate: the new model still captions as the old one did."""
     from mmassist.ui.runs import model_config_yaml
 
     config = yaml.safe_load(model_config_yaml(tiny_model_dir))
     assert "train" not in config["data"]  # the new run gives its own data
+    picked = client.predict(str(tiny_model_dir), fn_index=fn_named(app, "pick_model"))
+    assert yaml.safe_load(picked[0]) == config and picked[0].startswith("# starts from the weights of")
     start(client, zipped(squares, tmp_path / "squares.zip"), init_model=str(tiny_model_dir), config=config,
           training_max_steps=1, training_lr=1e-9, data_validation_fraction=0.0)
     status, _ = wait_for_job(client)

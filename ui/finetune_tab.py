@@ -85,7 +85,7 @@ def finetune_tab(gr, shared: Shared, demo) -> None:
     timer = gr.Timer(1.0, active=False)
     field_inputs = list(inputs.values())
 
-    def pick_model(choice: str, text: str) -> list:
+    def pick_model(choice: str) -> list:
         """A model to start from: its config goes into the YAML and the form; none: the YAML stays."""
         if not choice:
             return [gr.skip() for _ in range(1 + len(fields))]
@@ -93,7 +93,7 @@ def finetune_tab(gr, shared: Shared, demo) -> None:
             text = runs.model_config_yaml(shared.host.model_folder(shared.store.key(choice)))
         return [text, *form_values(text, fields)]
 
-    init_from.input(pick_model, [init_from, config_yaml], [config_yaml, *field_inputs],
+    init_from.input(pick_model, [init_from], [config_yaml, *field_inputs],
                     api_visibility="undocumented")
 
     def preview_dataset(dataset: str | None, data_path: str, config_yaml: str, **form: Any) -> str:
