@@ -7,8 +7,6 @@ requests interleave token by token instead of racing on the tokenizer or the wei
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -16,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mmassist.core.runtime.assistant import Assistant
-from mmassist.core.runtime.config import GenerationConfig
+from mmassist.core.runtime.config import FusionConfig, GenerationConfig
 from mmassist.core.errors import ConfigError, MMAssistError
 from mmassist.core.contract.host import Host
 
@@ -100,10 +98,8 @@ class ModelStore:
         if loaded is not None:
             return loaded.assistant.cfg.generation
         try:
-            data = json.loads((self.host.model_folder(key) / "config.json").read_text(encoding="utf-8"))
-            names = {f.name for f in dataclasses.fields(GenerationConfig)}
-            return GenerationConfig(**{k: v for k, v in (data.get("generation") or {}).items() if k in names})
-        except (OSError, ValueError, TypeError, AttributeError, MMAssistError):
+            return FusionConfig.from_file(self.host.model_folder(key) / "config.json").generation
+        except (OSError, ValueError, TypeError, MMAssistError):
             return GenerationConfig()
 
     def get(self, choice: str | None) -> LoadedModel:

@@ -545,8 +545,9 @@ def evaluate_examples(asst: Assistant, examples: Sequence[Example], batch_size: 
         for s in range(0, len(prompts), batch_size):
             answers += asst.generate_batch(prompts[s: s + batch_size], gen)
             advance()
-        metrics.update(text_report([reference_answer(e) for e in chosen], answers))
-        metrics["samples"] = samples(chosen, [reference_answer(e) for e in chosen], answers)
+        references = [reference_answer(e) for e in chosen]
+        metrics.update(text_report(references, answers))
+        metrics["samples"] = samples(chosen, references, answers)
     return metrics
 
 

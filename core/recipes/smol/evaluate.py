@@ -194,8 +194,7 @@ OPEN_PROMPTS = (
     "Explain photosynthesis to a child.", "How do airplanes fly?", "Give me advice for a job interview.",
 )
 # What issue 23 asks of the starter, per task (held-out accuracy through chat, greedy).
-TARGETS = {"shapes_caption": 0.90, "shapes_qa": 0.90, "digits": 0.95, "motion": 0.90, "sentiment": 0.86,
-           "follow_up": 0.90}
+TARGETS = {**starter.TARGETS, "sentiment": 0.86, "follow_up": 0.90}
 KNOWLEDGE_KEPT = 0.90  # of the pretrained LM's own score
 
 
