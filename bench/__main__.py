@@ -3,6 +3,7 @@
     python -m bench                      # everything, a few minutes on a 2-core CPU
     python -m bench --quick --json       # tiny sizes, one repeat: under a minute, one JSON object
     python -m bench --only video --only generate
+    python -m bench --only generate --model starter   # a trained model's generation figures
     python -m bench --threads 1          # steadier figures on a machine other jobs are using
 
 Every measurement compares against its baseline in the same process; ``bench/README.md`` holds a
@@ -33,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--only", action="append", choices=SECTIONS, metavar="NAME",
                         help=f"run only this measurement (repeatable): {', '.join(SECTIONS)}")
+    parser.add_argument("--model", default=None, metavar="NAME_OR_FOLDER",
+                        help="generate: measure this trained model (e.g. starter) instead of a built one")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: PyTorch's, one per core; 1 with --quick)")
     args = parser.parse_args(argv)
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> dict:
         log(f"== {name}")
         start = time.perf_counter()
         try:
-            section = importlib.import_module(f"bench.{name}").run(quick=args.quick)
+            extra = {"model": args.model} if name == "generate" and args.model else {}
+            section = importlib.import_module(f"bench.{name}").run(quick=args.quick, **extra)
         except Exception:
             result["errors"][name] = traceback.format_exc()
             log(result["errors"][name])

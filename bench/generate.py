@@ -10,6 +10,11 @@ the prompt and preprocessing the image.
 is ``Assistant.chat(..., stream=True)`` joined, what the web app uses.
 
 Time to first token is ``max_new_tokens=1``; the per-token time is (T(N) - T(1)) / (N - 1).
+
+``--model NAME_OR_FOLDER`` (``python -m bench --only generate --model starter``) measures a trained
+model instead of the built one: a text question (what the web app's first token waits for) and, when
+the model has an image encoder, a picture question, with the model's own decoding settings on both
+sides (its repetition penalty included).
 """
 
 from __future__ import annotations
@@ -55,19 +60,25 @@ def build(s: Setup, device: str = "cpu", dtype: torch.dtype = torch.float32):
     return asst
 
 
-def _measure(asst, picture, n: int, repeats: int) -> dict[str, float]:
-    """Median seconds of: chat (whole, streamed) for n and 1 tokens, embed, raw generate for n and 1."""
+def _measure(asst, picture, n: int, repeats: int, prompt: str = PROMPT) -> dict[str, float]:
+    """Median seconds of: chat (whole, streamed) for n and 1 tokens, embed, raw generate for n and 1.
+    ``picture`` None asks ``prompt`` alone."""
     from mmassist.core.runtime.assistant import autocast
 
     model, decoder = asst.model, asst.model.decoder
-    conv = asst.processor.conversation(PROMPT, {"image": [picture]})
+    pictures = [] if picture is None else [picture]
+    gen = asst.cfg.generation
+    conv = asst.processor.conversation(prompt, {"image": pictures} if pictures else {})
     batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)],
                                    padding_side="left").to(asst.device)
     with torch.no_grad(), autocast(asst.device, asst.dtype):
         embeds, mask, _, _ = model.embed(batch)
 
     def streamed(k: int) -> str:
-        return "".join(asst.chat(PROMPT, images=[picture], max_new_tokens=k, stream=True))
+        return "".join(asst.chat(prompt, images=pictures, max_new_tokens=k, temperature=0.0, stream=True))
+
+    def whole(k: int) -> str:
+        return asst.chat(prompt, images=pictures, max_new_tokens=k, temperature=0.0)
 
     def embed():
         with torch.no_grad(), autocast(asst.device, asst.dtype):
@@ -76,24 +87,28 @@ def _measure(asst, picture, n: int, repeats: int) -> dict[str, float]:
     def raw(k: int):
         with torch.no_grad(), autocast(asst.device, asst.dtype):
             out = decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=k, min_new_tokens=k,
-                                   do_sample=False, eos_token_id=None, pad_token_id=0)
+                                   do_sample=False, eos_token_id=None, pad_token_id=0,
+                                   repetition_penalty=gen.repetition_penalty)
         assert out.shape[1] == k, out.shape
         return out
 
     t = compare({
-        "chat N": lambda: asst.chat(PROMPT, images=[picture], max_new_tokens=n),
-        "chat 1": lambda: asst.chat(PROMPT, images=[picture], max_new_tokens=1),
+        "chat N": lambda: whole(n),
+        "chat 1": lambda: whole(1),
         "streamed N": lambda: streamed(n),
         "streamed 1": lambda: streamed(1),
         "embed": embed, "raw N": lambda: raw(n), "raw 1": lambda: raw(1),
     }, repeats=repeats, warmup=1, device=asst.device)
     out = {k: v.median for k, v in t.items()}
     out["same text"] = float(asst.tokenizer.decode(raw(n)[0].tolist(), skip_special_tokens=True)
-                             == streamed(n) == asst.chat(PROMPT, images=[picture], max_new_tokens=n))
+                             == streamed(n) == whole(n))
     return out
 
 
-def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Section:
+def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32,
+        model: str | None = None) -> Section:
+    if model:
+        return run_model(model, quick, device)
     s = QUICK if quick else (GPU if str(device).startswith("cuda") else FULL)
     section = Section("generate", "Generation: Assistant.chat vs raw transformers generate() on the same embeddings")
     log("generate: building the model")
@@ -131,6 +146,45 @@ def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.flo
                               ("transformers generate()", "raw"))]
         section.tables["Where chat's time goes (cProfile, one call, by own time)"] = _profile(
             lambda: asst.chat(PROMPT, images=[picture], max_new_tokens=n))
+    return section
+
+
+TEXT_PROMPT = "Tell me about the Moon and why it has phases."
+
+
+def run_model(name: str, quick: bool = False, device: str | None = None) -> Section:
+    """The generation figures for a trained model (a registered name or a checkpoint folder)."""
+    from mmassist import core
+
+    section = Section("generate", f"Generation: Assistant.chat vs raw transformers generate(), model {name}")
+    log(f"generate: loading {name}")
+    asst = core.Assistant.from_pretrained(name, device=None if device == "cpu" else device)
+    asst.eos_ids = [-1]  # every call makes exactly n tokens
+    n, repeats = (8, 1) if quick else (64, 3)
+    questions = [("text question", None, TEXT_PROMPT)]
+    image = next((e for e in asst.cfg.encoders.values() if e.name.startswith("image/")), None)
+    if image is not None:
+        questions.append(("picture question", images(1, 128, seed=3)[0], PROMPT))
+    for label, picture, prompt in questions:
+        log(f"generate: {label}, {n} new tokens, {repeats} interleaved repeats")
+        t = _measure(asst, picture, n, repeats, prompt=prompt)
+        raw_total = t["embed"] + t["raw N"]
+        for side, total, first in (("ours: Assistant.chat", t["chat N"], t["chat 1"]),
+                                   ("ours: Assistant.chat, streamed", t["streamed N"], t["streamed 1"]),
+                                   ("raw: embed + generate()", raw_total, t["embed"] + t["raw 1"])):
+            section.row(question=label, side=side, **{"new tokens": n, "total ms": ms(total),
+                                                      "first token ms": ms(first), "tokens/s": n / total,
+                                                      "vs raw": ratio(total, raw_total)})
+        if picture is None:
+            section.keys["generate_overhead_vs_hf"] = ratio(t["chat N"], raw_total)
+            section.keys["generate_overhead_vs_hf_streamed"] = ratio(t["streamed N"], raw_total)
+            section.keys["first_token_s_text"] = t["streamed 1"]
+        section.note(f"{label}: all three give the same text: {bool(t['same text'])}")
+    decoder = asst.model.decoder
+    section.note(f"{name}: decoder {type(decoder).__name__} ({sum(p.numel() for p in decoder.parameters()) / 1e6:.1f}M "
+                 f"params), {asst.dtype} on {asst.device}, greedy, repetition penalty "
+                 f"{asst.cfg.generation.repetition_penalty}; the first token of the streamed text answer is what "
+                 "the web app's Chat waits for")
     return section
 
 

@@ -33,3 +33,16 @@ def test_unknown_measurement_is_refused():
     out = subprocess.run([sys.executable, "-m", "bench", "--only", "nosuch"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2 and "nosuch" in out.stderr
+
+
+def test_generate_measures_a_trained_model_by_name():
+    out = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", "--only", "generate",
+                          "--model", "starter"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["errors"] == {}
+    section = result["sections"]["generate"]
+    assert "model starter" in section["title"]
+    assert {r["question"] for r in section["rows"]} == {"text question", "picture question"}  # the starter sees
+    for key in ("generate_overhead_vs_hf", "first_token_s_text"):
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key

@@ -219,6 +219,17 @@ def test_sst2_as_shipped():
     assert [len(splits[k]) for k in ("train", "validation", "test")] == [6920, 872, 0]
 
 
+def test_glue_sst2_with_its_header():
+    """GLUE's phrase-level SST-2 (examples/data/sst2_glue): a "sentence<TAB>label" header, 67,349 phrases."""
+    glue = Path(__file__).resolve().parents[1] / "examples/data/sst2_glue"
+    train = load_examples(glue / "train.tsv", SENTIMENT, DATA)
+    dev = load_examples(glue / "dev.tsv", SENTIMENT, DATA)
+    assert len(train) == 67349 and len(dev) == 872
+    assert (train[0].text.strip(), train[0].label) == ("hide new secretions from the parental units", "negative")
+    assert train[0].source.endswith("train.tsv:2")  # line 1 is the header
+    assert {e.label for e in dev} == {"negative", "positive"}
+
+
 def test_headerless_tsv_and_labels(tmp_path):
     path = tmp_path / "d.tsv"
     path.write_text('a "quoted" word\t1\nbad\t0\n\nworse\tnegative\n')  # quotes are text in TSV

@@ -381,6 +381,26 @@ def test_a_lora_run_can_start_from_a_trained_model(captioner, caption_dir, host,
         torch.testing.assert_close(now[name], value, atol=1e-5, rtol=0, msg=name)
 
 
+def test_a_lora_run_goes_on_from_another_lora_run(captioner, caption_dir, host, tmp_path):
+    """A further LoRA stage starts from the first one's adapters (not fresh ones): at a learning rate of ~0 it is
+    the first stage's model; a run without LoRA is told to merge them first."""
+    lora = {"enabled": True, "r": 4}
+    first = core.finetune(caption_cfg(caption_dir, epochs=2, lora=lora), output_dir=tmp_path / "one", host=host,
+                          init_from=captioner).output_dir
+    cfg = caption_cfg(caption_dir, epochs=1, lr=1e-8, warmup_ratio=0.0, lora=lora)
+    second = core.finetune(cfg, output_dir=tmp_path / "two", host=host, init_from=first).output_dir
+    log = json.loads((second / "metrics.jsonl").read_text().splitlines()[0])
+    assert log["event"] == "init_from" and log["new_tensors"] == []
+    before = weights(core.Assistant.from_pretrained(first, host=host).model)
+    after = weights(core.Assistant.from_pretrained(second, host=host).model)
+    adapters = [n for n in before if "lora_B" in n]
+    assert adapters and any(before[n].abs().sum() > 0 for n in adapters)  # the first stage trained them
+    for name in adapters:
+        torch.testing.assert_close(after[name], before[name], atol=1e-5, rtol=0, msg=name)
+    with pytest.raises(core.ConfigError, match="merge its LoRA adapters first"):
+        core.finetune(caption_cfg(caption_dir, epochs=1), output_dir=tmp_path / "three", host=host, init_from=first)
+
+
 def test_init_from_a_model_that_does_not_fit_says_why(captioner, caption_dir, host, tmp_path):
     wider = caption_cfg(caption_dir, epochs=1)
     wider["decoder"]["init"] = {**TINY_LLAMA, "hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1}

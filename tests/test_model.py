@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 
 import pytest
@@ -184,6 +185,38 @@ def test_greedy_matches_transformers_generate(host, images):
         ref = asst.model.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=8,
                                           do_sample=False, eos_token_id=None, pad_token_id=0)
     assert torch.equal(ours, ref[:, -8:])
+
+
+@pytest.mark.filterwarnings("ignore:Passing `no_repeat_ngram_size`:UserWarning")
+def test_no_repeat_ngram_size_stops_loops_as_transformers_does(host, images):
+    """Greedy decoding of an untrained decoder loops; with no_repeat_ngram_size no run of n tokens comes
+    twice in an answer, and the tokens are those of transformers' generate() with the same setting."""
+    from mmassist.core.runtime.generate import generate_ids, repeated_ngram_ids
+
+    assert repeated_ngram_ids([5, 6, 7, 5, 6], 3) == [7]  # 5 6 was followed by 7: a second "5 6 7" is banned
+    assert repeated_ngram_ids([5, 6, 7, 5, 6], 0) == [] and repeated_ngram_ids([5, 6], 3) == []
+    asst = build(tiny_cfg(), host)
+    conv = asst.processor.conversation("Describe.", {"image": images[:1]})
+    batch = asst.processor.collate([asst.processor.encode(conv, add_generation_prompt=True)], padding_side="left")
+
+    def ours(n: int) -> list[int]:
+        gen = core.GenerationConfig(max_new_tokens=40, no_repeat_ngram_size=n)
+        return torch.cat(list(generate_ids(asst.model, batch, gen, eos_ids=[-1]))).tolist()
+
+    def bigrams(tokens: list[int]) -> list[tuple[int, int]]:
+        return list(itertools.pairwise(tokens))
+
+    looping = ours(0)
+    assert len(set(bigrams(looping))) < len(bigrams(looping))  # the case this is for
+    kept = ours(2)
+    assert len(set(bigrams(kept))) == len(bigrams(kept))
+    with torch.no_grad():
+        embeds, mask, _, _ = asst.model.embed(batch)
+        ref = asst.model.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=40,
+                                          do_sample=False, eos_token_id=None, pad_token_id=0, no_repeat_ngram_size=2)
+    assert kept == ref[0, -40:].tolist()
+    with pytest.raises(core.ConfigError, match="no_repeat_ngram_size"):
+        core.GenerationConfig(no_repeat_ngram_size=-1)
 
 
 def test_streamed_pieces_join_to_the_whole_answer(host, images):

@@ -70,6 +70,30 @@ def test_the_stage_data_files_leave_out_the_canned_chat_and_load(small_data, tmp
         assert load_examples(path, TaskConfig(kind="chat"), DataConfig())
 
 
+def test_the_converse_mix_chains_records_into_conversations_that_load(small_data, tmp_path):
+    smol.build_mixes(small_data)
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text(json.dumps({"id": "replay-0", "conversations": [
+        {"from": "human", "value": "Good afternoon!"}, {"from": "gpt", "value": "Good afternoon! How can I help?"}]})
+        + "\n")
+    smol.build_tune_mix(small_data, replay)
+    path = smol.build_converse_mix(small_data, replay, conversations=60)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    mixed = [r for r in records if r["id"].startswith("converse-")]
+    assert len(mixed) == 60 and len(records) == 120  # as many single-turn records beside them
+    assert path.read_text() == smol.build_converse_mix(small_data, replay, conversations=60).read_text()  # fixed
+    for r in mixed:
+        turns = r["conversations"]
+        assert len(turns) >= 4 and [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+        for m in ("image", "video"):  # one file per placeholder, in order
+            assert len(r.get(m, [])) == sum(t["value"].count(f"<{m}>") for t in turns)
+        assert sum(len(t["value"]) for t in turns) <= smol.MAX_CHARS or len(turns) == 2
+    assert any(len(r.get("image", [])) >= 2 for r in mixed)  # several pictures in one conversation
+    assert any("Good afternoon!" in [t["value"] for t in r["conversations"]] for r in mixed)  # small talk
+    examples = load_examples(path, TaskConfig(kind="chat"), DataConfig())
+    assert len(examples) == len(records)
+
+
 def test_the_backbones_come_out_of_the_tiny_starter_unchanged(host, tmp_path):
     image, video = smol.extract_backbones(tmp_path)
     cfg = smol.recipe((image, video))

@@ -251,7 +251,9 @@ def load_initial_weights(model, path: str | Path, tokenizer=None) -> list[str]:
 
     Every tensor of the folder's ``model.safetensors`` must fit a tensor of ``model`` (same name, same
     shape; under LoRA, the layer it wraps); parts of ``model`` the folder lacks (a new classification
-    head, a new modality's projector, LoRA adapters) keep their fresh initialisation.
+    head, a new modality's projector, LoRA adapters) keep their fresh initialisation. A LoRA run's adapters
+    go on training in a run with LoRA on the same layers at the same rank (a further stage of a recipe); a
+    run without LoRA cannot take them (merge them first: :meth:`Assistant.merged`).
 
     :param tokenizer: the new run's tokenizer; it must have the folder's vocabulary, or the embedding
         rows would mean other tokens.
@@ -271,11 +273,11 @@ def load_initial_weights(model, path: str | Path, tokenizer=None) -> list[str]:
             raise ConfigError(f"init_from: {path} was trained with another tokenizer; set decoder.tokenizer to "
                               f"{path} (and decoder.path or decoder.init as it had them) so the token ids mean "
                               "the same")
-    state = load_file(str(path / WEIGHTS))
+    # A LoRA run saves its other tensors under peft's names too: read them as the layers' own.
+    state = {k if "lora_" in k else _plain_name(k): v for k, v in load_file(str(path / WEIGHTS)).items()}
     targets: dict[str, torch.Tensor] = {}
     for name, t in list(model.named_parameters()) + _persistent_buffers(model):
-        if "lora_" not in name:
-            targets.setdefault(_plain_name(name), t)
+        targets.setdefault(name if "lora_" in name else _plain_name(name), t)
     unexpected = sorted(set(state) - set(targets))
     if unexpected:
         raise ConfigError(

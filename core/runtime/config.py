@@ -141,7 +141,9 @@ class GenerationConfig:
     temperature: float = help_field(0.0, help="0 = greedy; higher = more random")
     top_p: float = help_field(1.0, help="nucleus sampling: keep the smallest set of tokens with this mass")
     top_k: int = help_field(0, help="sample among the k likeliest tokens (0 = all)")
-    repetition_penalty: float = help_field(1.0, help="> 1 discourages repeating tokens")
+    repetition_penalty: float = help_field(1.0, help="> 1 discourages repeating tokens (the prompt's included)")
+    no_repeat_ngram_size: int = help_field(0, help="never repeat a run of this many tokens within an answer "
+                                                  "(0 = off); stops loops without penalising repeated words")
     stop: list[str] = help_field(default_factory=list, help="stop when the text ends with one of these")
     seed: int | None = help_field(None, help="seed for sampling; default: random")
 
@@ -151,6 +153,7 @@ class GenerationConfig:
         check_range("generation.top_p", self.top_p, 0.0, 1.0, lo_open=True)
         check_range("generation.top_k", self.top_k, 0)
         check_range("generation.repetition_penalty", self.repetition_penalty, 0.0, lo_open=True)
+        check_range("generation.no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
 
 
 @dataclass

@@ -36,6 +36,28 @@ def next_token_logits_processed(logits: torch.Tensor, seen: torch.Tensor, gen: G
     return logits
 
 
+def repeated_ngram_ids(generated: Sequence[int], n: int) -> list[int]:
+    """The tokens that would repeat a run of ``n`` tokens already in ``generated`` (an answer's own tokens):
+    those that followed an earlier occurrence of its last ``n - 1`` tokens."""
+    if n <= 0 or len(generated) < n:
+        return []
+    tail = list(generated[len(generated) - n + 1:]) if n > 1 else []
+    return [generated[i + n - 1] for i in range(len(generated) - n + 1) if list(generated[i:i + n - 1]) == tail]
+
+
+def ban_repeated_ngrams(logits: torch.Tensor, generated: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, V) logits with -inf at each row's :func:`repeated_ngram_ids` (``generated``: (B, T) new tokens)."""
+    if n <= 0 or generated.shape[1] < n:
+        return logits
+    banned = [(row, repeated_ngram_ids(tokens, n)) for row, tokens in enumerate(generated.tolist())]
+    if not any(ids for _, ids in banned):
+        return logits
+    logits = logits.clone()
+    for row, ids in banned:
+        logits[row, ids] = float("-inf")
+    return logits
+
+
 def pick(logits: torch.Tensor, gen: GenerationConfig, rng: torch.Generator | None) -> torch.Tensor:
     """(B, V) processed logits -> (B,) token ids: argmax when greedy, else a sample."""
     if gen.temperature == 0.0:
@@ -69,6 +91,7 @@ def generate_ids(model: MultimodalModel, batch: Batch, gen: GenerationConfig, *,
     # skips building a mask on every step, which costs as much as a small model's forward.
     padded = not use_cache or not bool(mask.all())
     last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(decoder.forward).parameters else {}
+    prompt_length = ids.shape[1]
     for step in range(gen.max_new_tokens):
         if not use_cache:
             logits = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False).logits
@@ -81,6 +104,8 @@ def generate_ids(model: MultimodalModel, batch: Batch, gen: GenerationConfig, *,
         logits = logits[:, -1]  # (B, V)
         if banned.numel():
             logits = logits.index_fill(1, banned, float("-inf"))
+        if gen.no_repeat_ngram_size:
+            logits = ban_repeated_ngrams(logits, ids[:, prompt_length:], gen.no_repeat_ngram_size)
         token = pick(next_token_logits_processed(logits, ids, gen), gen, rng)  # (B,)
         token = torch.where(finished, eos[0], token)
         yield token

@@ -70,9 +70,9 @@ def sampling_key(gen: GenerationConfig) -> tuple:
     """Requests with equal keys can share a batch: greedy ones all do; sampled ones with the same settings
     do, unless seeded (a seed must not depend on what else is in the batch)."""
     if gen.temperature == 0.0:
-        return ("greedy", gen.repetition_penalty)
-    return ("sample", gen.temperature, gen.top_p, gen.top_k, gen.repetition_penalty, gen.seed, id(gen) if
-            gen.seed is not None else None)
+        return ("greedy", gen.repetition_penalty, gen.no_repeat_ngram_size)
+    return ("sample", gen.temperature, gen.top_p, gen.top_k, gen.repetition_penalty, gen.no_repeat_ngram_size,
+            gen.seed, id(gen) if gen.seed is not None else None)
 
 
 class _Row:

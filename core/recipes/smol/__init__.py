@@ -7,7 +7,12 @@
    the backbones frozen, on the mix's picture and clip turns;
 3. **tune**: LoRA on every linear layer of the LM, with the fusion module and the backbones (at a low
    rate), over the bundled mix with the LM's own answers to general prompts replayed beside it
-   (:mod:`.replay`), and hand-written answers about itself.
+   (:mod:`.replay`), and hand-written answers about itself;
+4. **converse**: the same adapters go on over mixed conversations of two to six turns (pictures, clips,
+   reviews and small talk in one conversation, each picture asked about in its own turn), beside as many
+   single-turn records of the tune mix: tuned on single turns only, the model answered a digit a few turns
+   into a conversation about another picture (0.18 right against 0.88 alone) and small talk after a terse
+   answer as tersely ("Good afternoon!" -> "yes").
 
 Every stage resumes: a finished stage is kept, and a stopped tune run continues from its last checkpoint
 (``training.save_every``), so the hours this takes on a CPU can be spread over several sittings::
@@ -59,6 +64,16 @@ TUNE = {"training.lora.enabled": True, "training.lora.r": 16, "training.lora.alp
         "training.max_steps": 1600, "training.lr": 2.0e-4, "training.eval_every": 400,
         # Batches of similar lengths: a replayed answer of 150 tokens no longer pads 15 shape questions of 40.
         "training.group_by_length": True}
+
+# The converse stage: continues the tune stage's adapters (init_from) over mixed conversations.
+CONVERSE = {**TUNE, "encoders.image.lr": 1.0e-5, "encoders.video.lr": 1.0e-5,
+            "training.max_steps": 800, "training.lr": 1.0e-4, "training.eval_every": 400}
+CONVERSATIONS = 6000
+# A conversation's turns are drawn from these kinds of record, with these weights.
+TURN_KINDS = {"shapes_qa": 3, "shapes_caption": 2, "digits": 2, "motion": 2, "sentiment": 2, "follow_up": 1,
+              "small_talk": 2}
+MAX_TURNS = 6
+MAX_CHARS = 900  # of a conversation's text: about 250 tokens, beside up to six pictures or clips
 
 
 def general_prompts() -> list[str]:
@@ -125,6 +140,46 @@ def build_tune_mix(root: Path, replay: Path) -> Path:
     return replace_jsonl(root / "smol_tune_train.jsonl", tune)
 
 
+def build_converse_mix(root: Path, replay: Path, *, conversations: int = CONVERSATIONS) -> Path:
+    """The converse stage's training file ``root/smol_converse_train.jsonl``: ``conversations`` records of two
+    to :data:`MAX_TURNS` turns, each turn a training record of the mix (its picture or clip joining the
+    conversation's media in order) or a replayed general answer (small talk), :data:`MAX_CHARS` at most, shuffled
+    with as many single-turn records of the tune mix (so single questions stay as they were)."""
+    from mmassist.core.recipes.starter import task_of
+
+    pools: dict[str, list[dict]] = {}
+    for rec in _without_chat(root, "train"):
+        first = rec["conversations"][0]["value"]
+        question = first.split("\n", 1)[-1] if first.startswith("<") else first
+        task = task_of(rec["id"], question)
+        if task in TURN_KINDS:
+            pools.setdefault(task, []).append(rec)
+    pools["small_talk"] = read_jsonl(replay)
+    kinds = [k for k in TURN_KINDS if pools.get(k)]
+    weights = [TURN_KINDS[k] for k in kinds]
+    rng = random.Random(MIX_SEED + 1)
+    records = []
+    for c in range(conversations):
+        turns: list[dict] = []
+        media: dict[str, list[str]] = {}
+        chars = 0
+        for kind in rng.choices(kinds, weights, k=rng.randint(2, MAX_TURNS)):
+            rec = rng.choice(pools[kind])
+            length = sum(len(t["value"]) for t in rec["conversations"])
+            if turns and chars + length > MAX_CHARS:  # within decoder.max_length, media tokens included
+                continue
+            chars += length
+            for m in ("image", "video"):
+                if m in rec:
+                    media.setdefault(m, []).append(rec[m])
+            turns += rec["conversations"]
+        records.append({"id": f"converse-{c:05d}", **media, "conversations": turns})
+    single = read_jsonl(root / "smol_tune_train.jsonl")
+    records += rng.sample(single, min(conversations, len(single)))
+    rng.shuffle(records)
+    return replace_jsonl(root / "smol_converse_train.jsonl", records)
+
+
 def recipe(backbones: tuple[Path, Path] | None = None, data: dict[str, Path] | None = None) -> FusionConfig:
     """``recipe.yaml`` with the backbones' weights files and the data files set."""
     cfg = FusionConfig.from_file(RECIPE)
@@ -174,7 +229,7 @@ def run_stage(cfg: FusionConfig, out: Path, *, callbacks=(), init_from: Path | N
 
 def train(out: str | Path, *, data_root: str | Path | None = None, callbacks=(), small: bool = False,
           log: Callable[[str], None] = print, **overrides: Any) -> Path:
-    """All stages into ``out`` (``out/align``, ``out/tune``); returns the tuned model's folder.
+    """All stages into ``out`` (``out/align``, ``out/tune``, ``out/converse``); returns the last one's folder.
 
     :param data_root: where the bundled data is (built there if it is not); default: the bundled-data cache,
         or with ``small``, ``out/bundled``.
@@ -201,8 +256,12 @@ def train(out: str | Path, *, data_root: str | Path | None = None, callbacks=(),
     log(f"smol: tune ({time.time() - start:.0f} s)")
     tune = run_stage(cfg, out / "tune", callbacks=callbacks, init_from=align,
                      **{**TUNE, "data.train": str(tune_train), **steps, **overrides})
+    log(f"smol: converse ({time.time() - start:.0f} s)")
+    converse_train = build_converse_mix(root, replay_file(small=small), conversations=40 if small else CONVERSATIONS)
+    converse = run_stage(cfg, out / "converse", callbacks=callbacks, init_from=tune,
+                         **{**CONVERSE, "data.train": str(converse_train), **steps, **overrides})
     (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start}), encoding="utf-8")
-    return tune
+    return converse
 
 
 def knowledge_score(model: str | Path | Assistant = DECODER, *, batch_size: int = 16,
