@@ -4,6 +4,7 @@ bundled build. (The whole recipe, two stages of two steps, is run by hand: it lo
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,23 @@ def test_a_stage_continues_from_a_shipped_checkpoint(host, tmp_path):
     assert smol.run_stage(cfg, tmp_path / "taken", progress=finished) == tmp_path / "taken"
     assert (tmp_path / "taken" / "model.safetensors").read_bytes() == (finished / "model.safetensors").read_bytes()
     assert train_steps(tmp_path / "taken") == train_steps(finished)  # its own log, no step run again
+
+
+    # A sitting ships its run: the finished align stage whole, the stopped tune stage's newest checkpoint.
+    run, progress = tmp_path / "run", tmp_path / "progress"
+    shutil.copytree(finished, run / "align")
+    shutil.copytree(finished / "checkpoints", run / "tune" / "checkpoints")
+    assert smol.ship(run, progress) == [progress / "align", progress / "tune" / "checkpoints" / "step-000004"]
+    assert smol.shipped("align", progress) == progress / "align"
+    assert not (progress / "align" / "checkpoints").exists()  # a finished stage ships without its checkpoints
+    assert smol.shipped("tune", progress) == progress / "tune" / "checkpoints" / "step-000004"
+    assert smol.shipped("converse", progress) is None
+    assert smol.ship(run, progress) == []  # nothing new
+    shutil.rmtree(run / "tune" / "checkpoints" / "step-000004")  # e.g. a newer sitting's own run, older
+    assert smol.ship(run, progress) == [progress / "tune" / "checkpoints" / "step-000002"]
+    assert [p.name for p in (progress / "tune" / "checkpoints").iterdir()] == ["step-000002"]  # one kept
+    smol.run_stage(cfg, tmp_path / "next", progress=smol.shipped("tune", progress))
+    assert train_steps(tmp_path / "next") == [3, 4]
 
 
 def test_answers_that_repeat_themselves_are_found():

@@ -227,8 +227,11 @@ def test_the_starters_examples_are_cards_that_send_themselves(page):
     their first frame), a click sends one and the starter answers; another model shows none."""
     clear_chat(page)
     assert page.locator(CARDS).count() == 0  # the default model here is not the starter
+    assert not page.locator("#model-scope").is_visible()
     pick_model(page, "starter")
     page.wait_for_selector(CARDS)
+    page.wait_for_selector("#model-scope")  # says what the starter can see, and that a photo is outside it
+    assert "photo is outside" in page.inner_text("#model-scope")
     page.wait_for_function("() => [...document.querySelectorAll('#chatbot button.example video')]"
                            ".every(v => v.readyState >= 2)")  # a frame to show, not a blank tile
     assert page.locator(f"{CARDS} video").count() >= 1
@@ -245,6 +248,7 @@ def test_the_starters_examples_are_cards_that_send_themselves(page):
     clear_chat(page)
     page.wait_for_timeout(500)
     assert page.locator(CARDS).count() == 0, "the starter's examples stayed for another model"
+    assert not page.locator("#model-scope").is_visible()
 
 
 VISIBLE_ERRORS = """() => [...document.querySelectorAll('.error')].filter(e => e.checkVisibility()

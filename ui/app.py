@@ -25,6 +25,10 @@ from mmassist.ui.models import STARTER, ModelStore
 from mmassist.ui.shared import Shared, media_file_types, user_errors
 
 DEFAULT_UPLOAD_LIMIT_MB = 200
+# What the starter can see, shown in the Chat tab while it is picked.
+STARTER_SCOPE = ("The starter model sees what it was trained on: pictures of simple coloured shapes, handwritten "
+                 "digits and short clips of a moving shape, like its examples, and it judges movie reviews. A "
+                 "photo is outside that: it will describe it as shapes.")
 DEFAULT_RUNS_DIR = "runs"
 MAX_NEW_TOKENS = 1024  # the Chat slider's top
 
@@ -181,6 +185,11 @@ def chat_tab(gr, shared: Shared) -> None:
                      run_examples_on_click=True, cache_examples=False,
                      additional_inputs=[shared.model_box, *generation, system_prompt], api_visibility="private",
                      concurrency_limit=shared.concurrency, fill_height=False, autofocus=False)
+    # What the starter can see, said while it is picked: a photo is outside its training.
+    scope = gr.Markdown(STARTER_SCOPE, elem_id="model-scope", visible=shared.store.key(None) == STARTER)
+    shared.model_box.change(lambda model: gr.Markdown(visible=shared.store.key(model) == STARTER),
+                            [shared.model_box], [scope], api_visibility="undocumented", queue=False,
+                            show_progress="hidden")
     if examples:
         for card in chatbot.examples:
             card.pop("icon", None)  # as the cards an update sends (an "Aa" icon has no file to send)

@@ -37,6 +37,7 @@ from mmassist.core.recipes.bundled import chat
 from mmassist.core.recipes.bundled.common import llava_record, read_jsonl, replace_jsonl
 from mmassist.core.recipes.smol.prompts import IDENTITY, KNOWLEDGE, knowledge_correct, replay_prompts
 from mmassist.core.recipes.smol.replay import build_replay
+from mmassist.core.recipes.starter import task_of
 from mmassist.core.recipes.starter.paths import SHIPPED_ROOT
 from mmassist.core.runtime.assistant import Assistant
 from mmassist.core.runtime.config import FusionConfig
@@ -145,8 +146,6 @@ def build_converse_mix(root: Path, replay: Path, *, conversations: int = CONVERS
     to :data:`MAX_TURNS` turns, each turn a training record of the mix (its picture or clip joining the
     conversation's media in order) or a replayed general answer (small talk), :data:`MAX_CHARS` at most, shuffled
     with as many single-turn records of the tune mix (so single questions stay as they were)."""
-    from mmassist.core.recipes.starter import task_of
-
     pools: dict[str, list[dict]] = {}
     for rec in _without_chat(root, "train"):
         first = rec["conversations"][0]["value"]
@@ -198,6 +197,45 @@ def latest_checkpoint(run: Path) -> Path | None:
     return max(folders, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
+STAGES = ("align", "tune", "converse")
+
+
+def shipped(stage: str, progress: Path = PROGRESS) -> Path | None:
+    """What an earlier sitting shipped of ``stage`` (in ``progress``): its finished model folder, or else its
+    newest checkpoint, or else None."""
+    folder = progress / stage
+    return folder if (folder / "final_metrics.json").is_file() else latest_checkpoint(folder)
+
+
+def ship(run: str | Path, progress: Path = PROGRESS) -> list[Path]:
+    """Copy what ``run`` (a :func:`train` folder) has of each stage into ``progress``, for the next sitting to
+    go on from: a finished stage's model folder (its files, not its checkpoints: a few MB of trained fusion
+    weights and adapters; the LM is referenced), or an unfinished stage's newest checkpoint (optimizer state
+    included). Each stage's folder is replaced whole, so one checkpoint at most is kept. Returns the folders
+    written."""
+    written = []
+    for stage in STAGES:
+        source = Path(run) / stage
+        finished = (source / "final_metrics.json").is_file()
+        folder = source if finished else latest_checkpoint(source)
+        if folder is None:
+            continue
+        target = progress / stage if finished else progress / stage / "checkpoints" / folder.name
+        if shipped(stage, progress) == target:
+            continue
+        staging = progress / f".{stage}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        copy = staging / target.relative_to(progress / stage)
+        copy.mkdir(parents=True)
+        for file in folder.iterdir():
+            if file.is_file():
+                shutil.copy2(file, copy / file.name)
+        shutil.rmtree(progress / stage, ignore_errors=True)
+        staging.rename(progress / stage)
+        written.append(target)
+    return written
+
+
 def run_stage(cfg: FusionConfig, out: Path, *, callbacks=(), init_from: Path | None = None,
               progress: Path | None = None, **overrides: Any) -> Path:
     """One stage into ``out``: skipped when finished, resumed from its last checkpoint when stopped.
@@ -247,18 +285,17 @@ def train(out: str | Path, *, data_root: str | Path | None = None, callbacks=(),
     steps = {"training.max_steps": 2, "training.eval_every": 2, "training.save_every": 2,
              "training.eval_generate": 4, "generation.max_new_tokens": 8} if small else {}
     log(f"smol: align ({time.time() - start:.0f} s)")
-    shipped = None if small else PROGRESS / "align" if (PROGRESS / "align" / "final_metrics.json").is_file() \
-        else latest_checkpoint(PROGRESS / "align")
-    align = run_stage(cfg, out / "align", callbacks=callbacks, progress=shipped,
+    progress = {stage: None if small else shipped(stage) for stage in STAGES}
+    align = run_stage(cfg, out / "align", callbacks=callbacks, progress=progress["align"],
                       **{**ALIGN, "data.train": str(data["align_train"]), **steps, **overrides})
     log(f"smol: replay ({time.time() - start:.0f} s)")
     tune_train = build_tune_mix(root, replay_file(small=small))
     log(f"smol: tune ({time.time() - start:.0f} s)")
-    tune = run_stage(cfg, out / "tune", callbacks=callbacks, init_from=align,
+    tune = run_stage(cfg, out / "tune", callbacks=callbacks, init_from=align, progress=progress["tune"],
                      **{**TUNE, "data.train": str(tune_train), **steps, **overrides})
     log(f"smol: converse ({time.time() - start:.0f} s)")
     converse_train = build_converse_mix(root, replay_file(small=small), conversations=40 if small else CONVERSATIONS)
-    converse = run_stage(cfg, out / "converse", callbacks=callbacks, init_from=tune,
+    converse = run_stage(cfg, out / "converse", callbacks=callbacks, init_from=tune, progress=progress["converse"],
                          **{**CONVERSE, "data.train": str(converse_train), **steps, **overrides})
     (out / "train_time.json").write_text(json.dumps({"seconds": time.time() - start}), encoding="utf-8")
     return converse
