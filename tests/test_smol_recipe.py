@@ -66,9 +66,34 @@ def test_the_stage_data_files_leave_out_the_canned_chat_and_load(small_data, tmp
     ids = [r["id"] for r in records["tune_train"]]
     assert ids.count("replay-0") == smol.REPLAY_REPEATS
     assert sum(i.startswith("identity-") for i in ids) == len(IDENTITY) * smol.IDENTITY_REPEATS
+    assert sum(i.startswith("photo-train-") for i in ids) == smol.PHOTOS
     assert len(records["validation"]) <= smol.VALIDATION_SIZE
     for path in (*files.values(), tune):  # their media paths resolve inside the data folder
         assert load_examples(path, TaskConfig(kind="chat"), DataConfig())
+
+
+def test_photos_are_answered_as_unseen_and_the_test_split_holds_its_photos_out(small_data):
+    from PIL import Image
+
+    from mmassist.core.recipes.smol import photos
+
+    assert not set(photos.SOURCES["train"]) & set(photos.SOURCES["test"])
+    count = 2 * len(photos.SOURCES["test"])  # every source twice
+    path = photos.build(small_data, "test", count)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["id"] for r in records] == [f"photo-test-{i:05d}" for i in range(count)]
+    questions = photos.picture_questions(small_data)
+    assert "Describe this photo." in questions and len(questions) > len(photos.GENERIC)
+    for r in records:
+        assert r["conversations"][1]["value"] == photos.UNSURE
+        assert photos.plain_question(r["conversations"][0]["value"]) in questions
+        with Image.open(small_data / r["image"]) as im:
+            assert im.size == (photos.SIZE, photos.SIZE) and im.mode == "RGB"
+    before = (small_data / records[0]["image"]).read_bytes()
+    assert photos.build(small_data, "test", count) == path and (small_data / records[0]["image"]).read_bytes() == before
+    pixels = {(small_data / r["image"]).read_bytes() for r in records}
+    assert len(pixels) == count  # crops, not copies
+    assert load_examples(path, TaskConfig(kind="chat"), DataConfig())
 
 
 def test_the_converse_mix_chains_records_into_conversations_that_load(small_data, tmp_path):
@@ -201,6 +226,7 @@ def test_the_assistant_report_scores_every_target_and_compares_knowledge(small_d
     assert {"shapes_qa", "digits", "sentiment"} <= set(rep["tasks"])
     assert all(s["total"] <= 3 for s in rep["tasks"].values())
     assert rep["tasks"]["digits"]["target"] == 0.95
+    assert rep["tasks"]["photo"]["total"] == 3 and rep["tasks"]["photo"]["target"] == 0.90
     assert rep["knowledge"]["questions"] == len(KNOWLEDGE) and rep["knowledge"]["kept"] in (1.0, None)
     assert rep["multi_turn"]["conversations"] == 2 and 0 <= rep["loops"]["share"] <= 1
     text = format_assistant_report(rep)

@@ -35,6 +35,7 @@ from typing import Any, Callable
 from mmassist.core.recipes import bundled
 from mmassist.core.recipes.bundled import chat
 from mmassist.core.recipes.bundled.common import llava_record, read_jsonl, replace_jsonl
+from mmassist.core.recipes.smol import photos
 from mmassist.core.recipes.smol.prompts import IDENTITY, KNOWLEDGE, knowledge_correct, replay_prompts
 from mmassist.core.recipes.smol.replay import build_replay
 from mmassist.core.recipes.starter import task_of
@@ -55,6 +56,8 @@ MIX_SEED = 23
 # The replayed general answers, repeated in the tune mix this many times (each about 6% of the mix once).
 REPLAY_REPEATS = 2
 IDENTITY_REPEATS = 20
+# Crops of photos in the tune mix, each answered "I can't tell..." (:mod:`.photos`): about 2% of it.
+PHOTOS = 800
 # Validation records (a fixed sample of the mix's): the loss on all 2,800 took 4 minutes an evaluation.
 VALIDATION_SIZE = 400
 ALIGN = {"decoder.freeze": True, "training.max_steps": 400, "training.lr": 1.0e-3, "training.eval_every": 200}
@@ -132,13 +135,15 @@ def build_mixes(root: Path) -> dict[str, Path]:
 
 def build_tune_mix(root: Path, replay: Path) -> Path:
     """The tune stage's training file ``root/smol_tune_train.jsonl``: the mix without its canned chat, the
-    replayed general answers (:data:`REPLAY_REPEATS` times) and the answers about itself, shuffled."""
+    replayed general answers (:data:`REPLAY_REPEATS` times), the answers about itself and :data:`PHOTOS`
+    photos it answers it cannot see (:mod:`.photos`), shuffled."""
     identity = [llava_record(f"identity-{i:03d}-{k}", question, answer, {})
                 for i, (question, answer) in enumerate(IDENTITY.items()) for k in range(IDENTITY_REPEATS)]
     capability = chat.split_prompts()["train"]["capabilities"]
     identity += [llava_record(f"capability-{i:03d}-{k}", v, IDENTITY["What can you do?"], {})
                  for i, p in enumerate(capability) for k, v in enumerate(chat.variants(p, "capabilities"))]
-    tune = _without_chat(root, "train") + read_jsonl(replay) * REPLAY_REPEATS + identity
+    tune = (_without_chat(root, "train") + read_jsonl(replay) * REPLAY_REPEATS + identity
+            + read_jsonl(photos.build(root, "train", PHOTOS)))
     random.Random(MIX_SEED).shuffle(tune)
     return replace_jsonl(root / "smol_tune_train.jsonl", tune)
 

@@ -374,7 +374,8 @@ class TaskScore:
 
 def evaluate(model: str | Path | Assistant = NAME, *, split: str = "test", data_root: str | Path | None = None,
              limit: int | None = None, per_task: int | None = None, batch_size: int = 32, small: bool = False,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, TaskScore]:
+             progress: Callable[[int, int], None] | None = None, records: Path | None = None
+             ) -> dict[str, TaskScore]:
     """Answer every held-out record of the mix through :meth:`mmassist.core.Assistant.chat` (greedy) and
     score exact matches per task (digits and motion captions included in their task).
 
@@ -383,13 +384,16 @@ def evaluate(model: str | Path | Assistant = NAME, *, split: str = "test", data_
     :param per_task: score only the first ``per_task`` records of each task (a balanced sample, for a
         slower model).
     :param small: score on the small builds of the bundled data (for tests).
+    :param records: another file of records to score instead of the mix's ``split`` (its media paths
+        relative to the bundled data folder, its ids naming their task as the mix's do).
     """
     import dataclasses
 
     assistant = model if isinstance(model, Assistant) else Assistant.from_pretrained(model)
     root = bundled.build_all(Path(data_root) if data_root is not None else bundled.default_root(), small=small)
-    examples = load_examples(root / f"mix_{split}.jsonl", TaskConfig(kind="chat"), DataConfig())
-    ids = [json.loads(line)["id"] for line in open(root / f"mix_{split}.jsonl", encoding="utf-8")]
+    file = Path(records) if records is not None else root / f"mix_{split}.jsonl"
+    examples = load_examples(file, TaskConfig(kind="chat"), DataConfig())
+    ids = [json.loads(line)["id"] for line in open(file, encoding="utf-8")]
     rows = []  # (example, task, question, reference)
     for ex, rid in zip(examples, ids):
         question = plain_question(next(m["content"] for m in ex.messages if m["role"] == "user"))
@@ -422,7 +426,7 @@ def evaluate(model: str | Path | Assistant = NAME, *, split: str = "test", data_
                 tally[1] += 1
         if progress is not None:
             progress(min(start + batch_size, len(rows)), len(rows))
-    return {t: scores[t] for t in TASKS if t in scores}
+    return {t: scores[t] for t in [*TASKS, *sorted(set(scores) - set(TASKS))] if t in scores}  # TASKS' order first
 
 
 def report(scores: dict[str, TaskScore], *, by_question: bool = False) -> str:
@@ -431,7 +435,7 @@ def report(scores: dict[str, TaskScore], *, by_question: bool = False) -> str:
     lines = ["| task | score | correct / total | target |", "| --- | ---: | ---: | ---: |"]
     for task, s in scores.items():
         target = f"{TARGETS[task]:.2f}" if task in TARGETS else ""
-        lines.append(f"| {TASKS[task]} | {s.score:.3f} | {s.correct} / {s.total} | {target} |")
+        lines.append(f"| {TASKS.get(task, task)} | {s.score:.3f} | {s.correct} / {s.total} | {target} |")
     questions = scores["shapes_qa"].questions if by_question and "shapes_qa" in scores else {}
     if questions:
         lines += ["", "| shape question | score | correct / total |", "| --- | ---: | ---: |"]
