@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from mmassist import core
 from mmassist.core.data import load_examples
@@ -182,8 +183,16 @@ def test_a_stage_continues_from_a_shipped_checkpoint(host, tmp_path):
     shutil.rmtree(run / "tune" / "checkpoints" / "step-000004")  # e.g. a newer sitting's own run, older
     assert smol.ship(run, progress) == [progress / "tune" / "checkpoints" / "step-000002"]
     assert [p.name for p in (progress / "tune" / "checkpoints").iterdir()] == ["step-000002"]  # one kept
-    smol.run_stage(cfg, tmp_path / "next", progress=smol.shipped("tune", progress))
+    state = safe_open(str(progress / "tune" / "checkpoints" / "step-000002" / "trainer_state.safetensors"), "pt")
+    assert state.keys() and not [k for k in state.keys() if k.startswith("optim/")]  # moments not shipped
+    with pytest.warns(UserWarning, match="moments"):
+        smol.run_stage(cfg, tmp_path / "next", progress=smol.shipped("tune", progress))
     assert train_steps(tmp_path / "next") == [3, 4]
+    def train_lrs(run: Path) -> dict[int, float]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["lr"] for r in rows if r["split"] == "train" and "lr" in r}
+
+    assert train_lrs(tmp_path / "next") == pytest.approx({s: train_lrs(tmp_path / "first")[s] for s in (3, 4)})
 
 
 def test_answers_that_repeat_themselves_are_found():

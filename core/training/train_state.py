@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,9 @@ def load_train_state(folder: Path, model: torch.nn.Module, optimizer: torch.opti
         if key.startswith("optim/"):
             _, name, item = key.split("/")
             state.setdefault(name, {})[item] = value
+    if meta.get("moments_dropped"):
+        warnings.warn(f"{folder} was saved without the optimizer's moments (drop_moments): they start afresh",
+                      stacklevel=2)
     for name, values in meta["optimizer_scalars"].items():
         state.setdefault(name, {}).update(values)
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
@@ -84,6 +88,20 @@ def load_train_state(folder: Path, model: torch.nn.Module, optimizer: torch.opti
     kind, pos, has_gauss, gauss = meta["rng_numpy"]
     np.random.set_state((kind, tensors["rng/numpy/keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     return meta["loop"]
+
+
+def drop_moments(folder: Path) -> None:
+    """Remove the optimizer's per-parameter state (AdamW's moments: twice the trained weights' size) from the
+    checkpoint in ``folder``, keeping the schedule, the random states and the loop's position: resumed from,
+    it goes on at the same step and learning rate, its moments started afresh (as after a warm restart).
+    For checkpoints shipped where size counts (a repository)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v for k, v in load_file(str(folder / TENSORS)).items() if not k.startswith("optim/")}
+    save_file(tensors, str(folder / TENSORS))
+    meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    meta.update(optimizer_scalars={}, moments_dropped=True)
+    (folder / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
 def _jsonable(value: Any) -> Any:
