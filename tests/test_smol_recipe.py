@@ -153,9 +153,13 @@ def test_a_stage_continues_from_a_shipped_checkpoint(host, tmp_path):
     shipped = tmp_path / "first" / "checkpoints" / "step-000002"
     assert (shipped / "trainer_state.json").is_file()
 
-    def train_steps(run: Path) -> list[int]:
+    def train_lrs(run: Path) -> dict[int, float]:
+        """The learning rate of each training step the run logged, by step."""
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return [r["step"] for r in rows if r["split"] == "train" and "loss" in r]
+        return {r["step"]: r["lr"] for r in rows if r["split"] == "train" and "loss" in r}
+
+    def train_steps(run: Path) -> list[int]:
+        return list(train_lrs(run))
 
     smol.run_stage(cfg, tmp_path / "resumed", progress=shipped)  # same config: resumed at step 2
     assert train_steps(tmp_path / "resumed") == [3, 4]
@@ -168,7 +172,6 @@ def test_a_stage_continues_from_a_shipped_checkpoint(host, tmp_path):
     assert smol.run_stage(cfg, tmp_path / "taken", progress=finished) == tmp_path / "taken"
     assert (tmp_path / "taken" / "model.safetensors").read_bytes() == (finished / "model.safetensors").read_bytes()
     assert train_steps(tmp_path / "taken") == train_steps(finished)  # its own log, no step run again
-
 
     # A sitting ships its run: the finished align stage whole, the stopped tune stage's newest checkpoint.
     run, progress = tmp_path / "run", tmp_path / "progress"
@@ -188,10 +191,6 @@ def test_a_stage_continues_from_a_shipped_checkpoint(host, tmp_path):
     with pytest.warns(UserWarning, match="moments"):
         smol.run_stage(cfg, tmp_path / "next", progress=smol.shipped("tune", progress))
     assert train_steps(tmp_path / "next") == [3, 4]
-    def train_lrs(run: Path) -> dict[int, float]:
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return {r["step"]: r["lr"] for r in rows if r["split"] == "train" and "lr" in r}
-
     assert train_lrs(tmp_path / "next") == pytest.approx({s: train_lrs(tmp_path / "first")[s] for s in (3, 4)})
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
