@@ -74,7 +74,10 @@ TUNE = {"training.lora.enabled": True, "training.lora.r": 16, "training.lora.alp
 
 # The converse stage: continues the tune stage's adapters (init_from) over mixed conversations.
 CONVERSE = {**TUNE, "encoders.image.lr": 1.0e-5, "encoders.video.lr": 1.0e-5,
-            "training.max_steps": 800, "training.lr": 1.0e-4, "training.eval_every": 400}
+            "training.max_steps": 800, "training.lr": 1.0e-4, "training.eval_every": 400,
+            # Conversations of up to six pictures or clips: 16 of them a batch took over 24 GB (killed for
+            # memory at step 3 on this 24 GB machine); 4 a batch, 4 accumulated, is the same step.
+            "training.batch_size": 4, "training.grad_accum": 4}
 CONVERSATIONS = 6000
 # A conversation's turns are drawn from these kinds of record, with these weights.
 TURN_KINDS = {"shapes_qa": 3, "shapes_caption": 2, "digits": 2, "motion": 2, "sentiment": 2, "follow_up": 1,
