@@ -487,3 +487,17 @@ def test_a_lora_wrapped_decoder_is_given_the_cache_under_the_name_its_model_take
         warnings.simplefilter("error", FutureWarning)  # a deprecated name would raise here
         first = wrapped(input_ids=ids, use_cache=True)
         wrapped(input_ids=ids[:, -1:], use_cache=True, **{expected: first.past_key_values})
+
+
+def test_bfloat16_on_a_cpu_without_native_bf16_computes_in_float32_and_says_why(monkeypatch):
+    from mmassist.core.runtime import assistant
+
+    cpu = torch.device("cpu")
+    assert isinstance(assistant.cpu_has_bf16(), bool)
+    monkeypatch.setattr(assistant, "cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bfloat16.*float32"):
+        assert assistant.resolve_dtype("bfloat16", cpu) == torch.float32
+    assert assistant.resolve_dtype("auto", cpu) == torch.float32
+    assert assistant.resolve_dtype("bfloat16", torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(assistant, "cpu_has_bf16", lambda: True)
+    assert assistant.resolve_dtype("bf16", cpu) == torch.bfloat16

@@ -240,7 +240,8 @@ class TrainingConfig:
     compile: bool = help_field(False, help="torch.compile the decoder")
     precision: str = help_field("auto", choices=PRECISIONS,
                                 help="compute dtype of the forward pass (weights stay float32): auto = bfloat16 "
-                                     "on a GPU, float32 on the CPU; bfloat16 autocast also on a CPU that has it")
+                                     "on a GPU, float32 on the CPU; bfloat16 autocast also on a CPU with native bf16 "
+                                     "(float32 with a warning on one without)")
     strategy: str = help_field("ddp", choices=("ddp", "fsdp"),
                                help="multi-process training: ddp (replicate) or fsdp (shard the decoder)")
     seed: int = help_field(0, help="random seed")
