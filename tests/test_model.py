@@ -501,3 +501,23 @@ def test_bfloat16_on_a_cpu_without_native_bf16_computes_in_float32_and_says_why(
     assert assistant.resolve_dtype("bfloat16", torch.device("cuda")) == torch.bfloat16
     monkeypatch.setattr(assistant, "cpu_has_bf16", lambda: True)
     assert assistant.resolve_dtype("bf16", cpu) == torch.bfloat16
+
+
+@pytest.mark.parametrize("decoder", list(TINY_DECODERS))
+def test_the_training_loss_computes_logits_only_where_a_token_is_scored(decoder, host, images):
+    from mmassist.core.runtime.model import causal_lm_loss, takes_logits_to_keep
+
+    asst = build(tiny_cfg(decoder), host)
+    convs = [asst.processor.conversation([{"role": "user", "content": "<image>\nWhat is it?"},
+                                          {"role": "assistant", "content": answer}], {"image": images[:1]})
+             for answer in ("A red disc.", "A blue square, small, at the top left.")]
+    batch = asst.processor.collate([asst.processor.encode(c, add_generation_prompt=False, with_labels=True)
+                                    for c in convs])
+    embeds, mask, labels, _ = asst.model.embed(batch)
+    with torch.no_grad():
+        out = asst.model(batch)
+        full = asst.model.decoder(inputs_embeds=embeds, attention_mask=mask).logits
+    assert takes_logits_to_keep(asst.model.decoder)
+    scored = int((labels[:, 1:] != IGNORE_INDEX).any(0).sum())
+    assert out.logits.shape == (2, scored, full.shape[-1]) and scored < labels.shape[1] - 16  # 16: the image
+    torch.testing.assert_close(out.loss, causal_lm_loss(full, labels), rtol=1e-5, atol=1e-6)

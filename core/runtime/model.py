@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +76,8 @@ class Batch:
 @dataclass
 class ModelOutput:
     loss: torch.Tensor | None
-    # (B, L', vocab) for generation tasks, (B, n_labels) for classification, (B, T, n_tags) for token
+    # (B, L', vocab) for generation tasks ((B, K, vocab) when given labels and the decoder takes logits_to_keep:
+    # at labelled_positions only), (B, n_labels) for classification, (B, T, n_tags) for token
     # classification (T: the text item's tokens, as in Batch.word_index)
     logits: torch.Tensor
     inputs_embeds: torch.Tensor | None = None
@@ -249,6 +251,14 @@ class MultimodalModel(nn.Module):
             if batch.class_labels is not None:
                 loss = nn.functional.cross_entropy(logits.float(), batch.class_labels)
             return ModelOutput(loss, logits, embeds, mask)
+        if labels is not None and takes_logits_to_keep(self.decoder):
+            # Logits only where a next token is scored: the vocabulary projection of a media token or a prompt
+            # token is never used (with long prompts and media, most of the sequence).
+            keep = labelled_positions(labels)  # (K,)
+            logits = self.decoder(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits  # (B, K, V)
+            loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), labels[:, keep + 1].flatten(),
+                                               ignore_index=IGNORE_INDEX)
+            return ModelOutput(loss, logits, embeds, mask)
         logits = self.decoder(inputs_embeds=embeds, attention_mask=mask).logits  # (B, L', V)
         loss = None
         if labels is not None:
@@ -272,6 +282,18 @@ class MultimodalModel(nn.Module):
             loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), batch.token_labels.flatten(),
                                                ignore_index=IGNORE_INDEX)
         return ModelOutput(loss, logits, embeds, mask)
+
+
+def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) labels -> the positions p (1-D, ascending) whose next token ``labels[:, p + 1]`` is scored in some
+    row of the batch: the only positions whose logits the causal LM loss reads."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+
+
+def takes_logits_to_keep(decoder: nn.Module) -> bool:
+    """Whether the decoder's forward computes logits for chosen positions only (``logits_to_keep``, as the
+    Hugging Face causal LMs of transformers 5 do); a peft wrapper's forward passes it on."""
+    return "logits_to_keep" in inspect.signature(unwrap_peft(decoder).forward).parameters
 
 
 def unwrap_peft(module: nn.Module) -> nn.Module:
