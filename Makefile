@@ -34,8 +34,11 @@ browser:
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } || \
 		echo "chromium is not installed: the browser tests will be skipped"
 
+# The suite runs in TEST_JOBS processes, a test file each at a time (pytest-xdist): on 2 cores, 10 min
+# instead of 14 (many tests wait on a subprocess, a server or a browser). TEST_JOBS=0 runs it in one process.
+TEST_JOBS ?= 2
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
