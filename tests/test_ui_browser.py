@@ -89,10 +89,11 @@ def shoot(page, tab: str) -> None:
 
 
 def close_toasts(page) -> None:
-    """Close the notices earlier steps left (before a screenshot)."""
-    for close in page.locator(".toast-close").all():
-        close.click()
-    page.wait_for_function("() => !document.querySelector('.toast-body')")
+    """Close the notices earlier steps left (before a screenshot). Clicked from the page, again on each poll
+    until none is left: a toast that is closing by itself meanwhile is inert and moving, which a Playwright
+    click waits on until it times out."""
+    page.wait_for_function("() => { document.querySelectorAll('.toast-close').forEach(b => b.click()); "
+                           "return !document.querySelector('.toast-body'); }")
 
 
 def wait_text(page, selector: str, text: str) -> None:
