@@ -75,7 +75,7 @@ TUNE = {"training.lora.enabled": True, "training.lora.r": 16, "training.lora.alp
 # The converse stage: continues the tune stage's adapters (init_from) over mixed conversations.
 CONVERSE = {**TUNE, "encoders.image.lr": 1.0e-5, "encoders.video.lr": 1.0e-5,
             # 400 steps of 16 records: about half a pass over the 6,000 conversations and as many single-turn
-            # records (~21 s a step in float32 on a 2-core AVX2 CPU, where bf16 is far slower: 2.4 h).
+            # records (~21 s a step in float32 on a 2-core AVX2 CPU, where bf16 is far slower: 2.3 h measured).
             "training.max_steps": 400, "training.lr": 1.0e-4, "training.eval_every": 200,
             # Conversations of up to six pictures or clips: 16 of them a batch took over 24 GB (killed for
             # memory at step 3 on this 24 GB machine); 4 a batch, 4 accumulated, is the same step.
